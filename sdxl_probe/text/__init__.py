@@ -1,0 +1,1 @@
+"""Caption text: CLIP BPE, weighted syntax, the kohya caption pipeline, chunked encoding."""
