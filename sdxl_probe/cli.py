@@ -17,6 +17,12 @@ from sdxl_probe.errors import ProbeError
 
 # Order here is the order in --help.
 COMMAND_MODULES: tuple[str, ...] = (
+    "tokens",
+    "audit",
+    "model",
+    "embed",
+    "attention",
+    "toy",
 )
 
 

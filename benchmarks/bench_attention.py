@@ -1,0 +1,77 @@
+"""Time toy generation with and without cross-attention capture, in one run, and print the ratio.
+
+Goal (issue #6): capture costs at most 1.2x the plain sampler. Runs alternate (plain,
+captured, plain, ...) so both see the same machine load; the median of each is compared.
+Uses the trained toy model when its weights exist, else the tiny random model (same code
+path, smaller UNet) and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def load() -> tuple[object, str]:
+    from sdxl_probe.errors import ProbeError
+    from sdxl_probe.models.load import load_components
+
+    try:
+        return load_components("toy"), "toy model"
+    except ProbeError as e:
+        from sdxl_probe.models.tiny import build_tiny_components
+
+        return build_tiny_components(0), f"tiny random model (toy weights unavailable: {e})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    from sdxl_probe.text.encode import encode_captions
+
+    from sdxl_probe.attention.runs import CaptureOptions, sample_images
+
+    components, label = load()
+    side = components.unet.config.sample_size * components.vae_scale_factor
+    prompts = ["a red circle, blue square, white background"] * args.batch
+    with torch.no_grad():
+        enc = encode_captions(components, prompts)
+
+    def plain() -> None:
+        sample_images(
+            components,
+            enc.context,
+            enc.pooled,
+            height=side,
+            width=side,
+            steps=args.steps,
+            guidance=5.0,
+            seed=0,
+        )
+
+    def captured() -> None:
+        with CaptureOptions().capture(components.unet, cfg_doubled=True):
+            plain()
+
+    plain(), captured()  # warm-up
+    times: dict[str, list[float]] = {"plain": [], "capture": []}
+    for _ in range(args.repeats):
+        for name, fn in (("plain", plain), ("capture", captured)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    base, cap = statistics.median(times["plain"]), statistics.median(times["capture"])
+    print(f"model: {label}; batch {args.batch}, {args.steps} steps, {side}x{side} px, CFG doubled batch")
+    print(f"plain   median {base:.3f} s  ({', '.join(f'{t:.3f}' for t in times['plain'])})")
+    print(f"capture median {cap:.3f} s  ({', '.join(f'{t:.3f}' for t in times['capture'])})")
+    print(f"overhead ratio capture/plain = {cap / base:.3f} (goal <= 1.2)")
+
+
+if __name__ == "__main__":
+    main()

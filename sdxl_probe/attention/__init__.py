@@ -1,0 +1,1 @@
+"""Per-token cross-attention maps (DAAM-style): capture, aggregation, metrics, results, overlays."""

@@ -1,0 +1,92 @@
+"""Load a LoRA file into SDXL components for a scoped comparison, then remove it again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sdxl_probe.errors import ModelLoadError
+
+ADAPTER_NAME = "sdxl_probe_attention"
+
+
+@contextmanager
+def lora_loaded(components: Any, path: str | Path, adapter_name: str = ADAPTER_NAME) -> Iterator[list[str]]:
+    """Load a LoRA (kohya, SGM or diffusers key names) into the UNet and text encoders.
+
+    Uses diffusers' ``StableDiffusionXLLoraLoaderMixin`` class methods, so the same key
+    conversions as ``pipe.load_lora_weights`` apply. The adapter is deleted on exit.
+
+    Args:
+        components: ``SDXLComponents`` (unet, text_encoder, text_encoder_2 are modified in place).
+        path: a ``.safetensors`` LoRA file.
+        adapter_name: peft adapter name used while loaded.
+
+    Yields:
+        The names of the models that received LoRA layers ("unet", "text_encoder", "text_encoder_2").
+    """
+    from diffusers import StableDiffusionXLPipeline as Pipe
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: LoRA file not found; pass the .safetensors written by the trainer")
+    try:
+        state, alphas, meta = Pipe.lora_state_dict(
+            str(path), unet_config=components.unet.config, return_lora_metadata=True
+        )
+    except (ValueError, KeyError, OSError) as e:
+        raise ModelLoadError(
+            f"{path}: not a LoRA file diffusers can read ({e}); expected kohya/SGM/diffusers LoRA keys"
+        ) from None
+    had_peft = {name: _has_peft(getattr(components, name)) for name in ("unet", "text_encoder", "text_encoder_2")}
+    loaded = _inject(Pipe, components, state, alphas, meta, adapter_name)
+    if not loaded:
+        raise ModelLoadError(
+            f"{path}: no LoRA layer matched this model's UNet or text encoders; check the base model"
+        )
+    try:
+        yield loaded
+    finally:
+        _remove(components, loaded, adapter_name, had_peft)
+
+
+def _inject(pipe_cls: Any, components: Any, state: dict, alphas: Any, meta: Any, name: str) -> list[str]:
+    loaded = []
+    if any(k.startswith("unet.") for k in state):
+        pipe_cls.load_lora_into_unet(state, alphas, unet=components.unet, adapter_name=name, metadata=meta)
+        loaded.append("unet")
+    for prefix in ("text_encoder", "text_encoder_2"):
+        if any(k.startswith(f"{prefix}.") for k in state):
+            encoder = getattr(components, prefix)
+            pipe_cls.load_lora_into_text_encoder(
+                state, alphas, text_encoder=encoder, prefix=prefix, adapter_name=name, metadata=meta
+            )
+            loaded.append(prefix)
+    return loaded
+
+
+def _has_peft(model: Any) -> bool:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(isinstance(m, BaseTunerLayer) for m in model.modules())
+
+
+def _remove(components: Any, loaded: list[str], name: str, had_peft: dict[str, bool]) -> None:
+    """Delete the adapter; unwrap the peft layers entirely when the model had none before."""
+    from diffusers.utils.peft_utils import delete_adapter_layers, recurse_remove_peft_layers
+
+    for attr in loaded:
+        model = getattr(components, attr)
+        if had_peft[attr]:
+            delete_adapter_layers(model, name)
+        else:
+            recurse_remove_peft_layers(model)
+            if getattr(model, "_hf_peft_config_loaded", False):
+                model._hf_peft_config_loaded = False
+        config = getattr(model, "peft_config", None)
+        if isinstance(config, dict):
+            config.pop(name, None)
+            if not config:
+                delattr(model, "peft_config")

@@ -1,0 +1,82 @@
+"""``sdxl-probe embed``: tags versus sentences, per text encoder (a thin layer over probes.embed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def embed(
+    pair: list[str] = typer.Option([], "--pair", help='A caption pair "tags|||sentence" (repeatable).'),
+    csv: Path | None = typer.Option(None, "--csv", help="A CSV file with 'tags' and 'sentence' columns."),
+    tags_list: Path | None = typer.Option(
+        None, "--tags-list", help="Tag captions, one per line (with --sentences-list)."
+    ),
+    sentences_list: Path | None = typer.Option(
+        None, "--sentences-list", help="Sentence captions, one per line."
+    ),
+    dataset: Path | None = typer.Option(
+        None, "--dataset", help="A dataset folder with two caption files per image."
+    ),
+    ext_a: str = typer.Option(".tags.txt", "--ext-a", help="Tag caption extension in --dataset."),
+    ext_b: str = typer.Option(".txt", "--ext-b", help="Sentence caption extension in --dataset."),
+    toy_pairs: int = typer.Option(
+        0, "--toy-pairs", help="Use N seeded toy-world scenes captioned both ways."
+    ),
+    model: str = typer.Option(
+        "toy", "--model", help='"toy", or an SDXL .safetensors file or diffusers folder.'
+    ),
+    out: Path = typer.Option(
+        Path("runs/embed"), "--out", help="Folder for embed.json, embed.csv and embed.html."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="A TOML file with an [embed] table of settings."
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed for pairings, shuffles and samples (overrides config)."
+    ),
+    shuffles: int | None = typer.Option(
+        None, "--shuffles", help="K tag shuffles per caption (overrides config)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="Torch device for the text encoders."),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Encoding cache folder (default ~/.cache/sdxl-probe)."
+    ),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Encode everything again, without reading or writing the cache."
+    ),
+) -> None:
+    """Measure how far tag and sentence captions land apart in TE1, TE2, the pooled vector and the context."""
+    from sdxl_probe.encoding_cache import EncodingCache, default_cache_dir
+    from sdxl_probe.models.load import load_components
+    from sdxl_probe.probes.embed import run_embed
+    from sdxl_probe.probes.embed_cli import gather_pairs, resolve_settings
+    from sdxl_probe.probes.embed_report import render_report
+
+    settings = resolve_settings(config, seed=seed, shuffles=shuffles)
+    pairs, label = gather_pairs(
+        pair,
+        csv,
+        tags_list,
+        sentences_list,
+        dataset,
+        ext_a,
+        ext_b,
+        toy_pairs,
+        seed=settings.seed,
+        log=typer.echo,
+    )
+    components = load_components(model, device=device)
+    cache = None if no_cache else EncodingCache(cache_dir or default_cache_dir(), components.model_hash())
+    result = run_embed(components, pairs, settings, cache=cache, dataset=label, log=typer.echo)
+    result.save(out)
+    page = render_report(out)
+    for line in result.summary:
+        typer.echo(f"- {line}")
+    typer.echo(f"wrote {out / 'embed.json'}, {out / 'embed.csv'}, {page}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``embed`` command to ``app``."""
+    app.command("embed")(embed)

@@ -1,0 +1,1 @@
+"""The toy world (procedural scenes with ground truth), its dataset writer and a classical judge."""

@@ -1,0 +1,219 @@
+"""The toy-model recipe: VAE, then TE1 + TE2 + UNet jointly, from scratch, on two CPU cores.
+
+``pretrain(out, config, seed=..., resume=...)`` runs three resumable phases and writes the
+model as a diffusers folder (``out/model``) in fp16 safetensors:
+
+1. the VAE (:mod:`sdxl_probe.toy.pretrain_vae`), then the latents of every training image;
+2. :func:`train_joint`: both text encoders and the UNet, epsilon prediction on SDXL's DDPM
+   schedule with min-SNR weighting (Hang et al. 2023, diffusers ``compute_snr``), AdamW,
+   diffusers' cosine LR schedule, an EMA of the weights (diffusers ``EMAModel``), and caption
+   dropout to ``""`` so that classifier-free guidance works;
+3. export of the EMA weights (:mod:`sdxl_probe.toy.export`).
+
+Caption dropout trains the unconditional branch on the *encoded empty prompt*, so the
+exported ``model_index.json`` sets ``force_zeros_for_empty_prompt: false``: samplers must
+encode ``""`` for the negative branch rather than use zero embeddings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from sdxl_probe.errors import ProbeError
+from sdxl_probe.io import write_json, write_with
+from sdxl_probe.toy import model_config as mc
+from sdxl_probe.toy.checkpoint import TrainingStopped, graceful_stop, load_state, save_state
+from sdxl_probe.toy.pretrain_data import draw_caption, render_training_set, step_rng, token_ids
+from sdxl_probe.toy.pretrain_vae import encode_latents, latent_scaling_factor, train_vae
+
+ARCHITECTURES = {"toy": mc.TOY, "tiny": mc.TINY}
+
+
+@dataclass
+class PretrainConfig:
+    """Recipe settings; the defaults are the recipe of the shipped toy model."""
+
+    arch: str = "toy"  # "toy" (shipped) or "tiny" (tests)
+    n_images: int = 12000  # rendered once; ~5 passes over them at 2000 x 32
+    vae_joint_steps: int = 400
+    vae_decoder_steps: int = 200
+    vae_batch_size: int = 16
+    vae_lr: float = 1e-3
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    caption_dropout: float = 0.1  # share of captions replaced by "" (unconditional branch for CFG)
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.998  # max decay; EMA warm-up ramps towards it
+    checkpoint_every: int = 100
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ProbeError(f"arch {self.arch!r} unknown; expected one of {sorted(ARCHITECTURES)}")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ProbeError(f"caption_dropout {self.caption_dropout} must be in [0, 1)")
+
+
+def sdxl_time_ids(batch: int, height: int, width: int) -> torch.Tensor:
+    """SDXL micro-conditioning ``(B, 6)``: (orig_h, orig_w, crop_top, crop_left, target_h, target_w).
+
+    Toy images are rendered at their native size, never cropped: original = target, crop 0.
+    """
+    return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(batch, 1)
+
+
+def encode_ids(te1, te2, ids1: torch.Tensor, ids2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL text conditioning of one 77-token chunk.
+
+    Returns:
+        context: (B, 77, d1 + d2), penultimate hidden states of TE1 and TE2 concatenated.
+        pooled: (B, proj), TE2's projected pooled vector (``text_embeds``).
+    """
+    h1 = te1(ids1, output_hidden_states=True).hidden_states[-2]  # (B, 77, d1)
+    out2 = te2(ids2, output_hidden_states=True)
+    context = torch.cat([h1, out2.hidden_states[-2]], dim=-1)  # (B, 77, d1 + d2)
+    return context, out2.text_embeds
+
+
+def text_batch(scenes, idx: torch.Tensor, rng, dropout: float, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids for TE1 (pad EOS) and TE2 (pad ``!``) of a caption per sampled scene."""
+    captions = [draw_caption(scenes[i], rng, dropout) for i in idx.tolist()]
+    return (
+        token_ids(captions, pad_id=mc.EOS_ID, max_length=max_length),
+        token_ids(captions, pad_id=0, max_length=max_length),
+    )
+
+
+def train_joint(
+    unet,
+    te1,
+    te2,
+    latents: torch.Tensor,
+    scenes: list,
+    *,
+    cfg: PretrainConfig,
+    seed: int,
+    image_size: int,
+    state_path: Path,
+    resume: bool,
+    log=print,
+):
+    """Train TE1, TE2 and the UNet together on scaled ``latents (N, C, h, w)``; returns the EMA.
+
+    The whole loop is here: draw a batch (scene indices, captions, noise and timesteps from
+    the step's own generators), noise the latents with the DDPM schedule, predict the noise,
+    weight the MSE by min(SNR, gamma) / SNR, step AdamW, the LR schedule and the EMA.
+    """
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel, compute_snr
+
+    noise_scheduler = mc.build_scheduler()
+    params = [p for m in (unet, te1, te2) for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    lr_sched = get_scheduler("cosine", opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps)
+    ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+    modules = {"unet": unet, "te1": te1, "te2": te2}
+    step = 0
+    if resume and state_path.exists():
+        step = load_state(state_path, modules, opt, lr_sched, ema)["step"]
+        log(f"joint: resumed at step {step}/{cfg.steps}")
+    for m in modules.values():
+        m.train()
+    max_length = te1.config.max_position_embeddings
+    n_train = noise_scheduler.config.num_train_timesteps
+    t0, loss_avg = time.time(), None
+    with graceful_stop() as stop:
+        while step < cfg.steps:
+            rng, gen = step_rng(seed, "joint", step)
+            idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=gen)
+            ids1, ids2 = text_batch(scenes, idx, rng, cfg.caption_dropout, max_length)  # (B, 77) each
+            x0 = latents[idx]  # (B, C, h, w)
+            noise = torch.randn(x0.shape, generator=gen)
+            t = torch.randint(0, n_train, (cfg.batch_size,), generator=gen)
+            xt = noise_scheduler.add_noise(x0, noise, t)
+            context, pooled = encode_ids(te1, te2, ids1, ids2)
+            cond = {"text_embeds": pooled, "time_ids": sdxl_time_ids(cfg.batch_size, image_size, image_size)}
+            pred = unet(xt, t, context, added_cond_kwargs=cond).sample  # (B, C, h, w)
+            snr = compute_snr(noise_scheduler, t)
+            weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # epsilon objective
+            loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            lr_sched.step()
+            opt.zero_grad(set_to_none=True)
+            ema.step(params)
+            step += 1
+            loss_avg = loss.item() if loss_avg is None else 0.98 * loss_avg + 0.02 * loss.item()
+            if step % 25 == 0 or step == cfg.steps:
+                rate = step / max(time.time() - t0, 1e-9)
+                log(f"joint step {step}/{cfg.steps} loss {loss_avg:.4f} lr {lr_sched.get_last_lr()[0]:.2e} "
+                    f"{time.time() - t0:.0f}s ({rate:.2f} step/s this session)")
+            if stop.requested or step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_state(state_path, modules, opt, lr_sched, ema, {"step": step, "seed": seed})
+            if stop.requested and step < cfg.steps:
+                raise TrainingStopped(f"stopped at joint step {step}; state saved in {state_path}; rerun with --resume")
+    return ema, params
+
+
+def _vae_phase(cfg: PretrainConfig, arch, pixels, seed: int, state: Path, resume: bool, log):
+    """Train (or reload) the VAE; returns it with ``scaling_factor`` set, and the scaled latents."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(seed)
+    vae = mc.build_vae(arch)
+    final, lat_path = state / "vae_final.safetensors", state / "latents.safetensors"
+    if resume and final.exists() and lat_path.exists():
+        vae.load_state_dict(load_file(str(final)))
+        latents = load_file(str(lat_path))["latents"]
+    else:
+        train_vae(vae, pixels, seed=seed, joint_steps=cfg.vae_joint_steps, decoder_steps=cfg.vae_decoder_steps,
+                  batch_size=cfg.vae_batch_size, lr=cfg.vae_lr, state_path=state / "vae_state.safetensors",
+                  resume=resume, checkpoint_every=cfg.checkpoint_every, log=log)
+        latents = encode_latents(vae, pixels)
+        write_with(final, lambda tmp: save_file(vae.state_dict(), str(tmp)))
+        write_with(lat_path, lambda tmp: save_file({"latents": latents.contiguous()}, str(tmp)))
+    vae.eval()
+    scale = latent_scaling_factor(latents)
+    vae.register_to_config(scaling_factor=scale)
+    log(f"vae: latents {tuple(latents.shape)}, scaling_factor {scale:.4f}")
+    return vae, latents * scale
+
+
+def pretrain(out: Path, cfg: PretrainConfig, *, seed: int = 0, resume: bool = False, log=print) -> Path:
+    """Run the recipe into ``out`` (``out/state`` holds resumable state); returns ``out/model``."""
+    from sdxl_probe.toy.export import export_diffusers
+
+    out = Path(out)
+    state = out / "state"
+    if state.exists() and any(state.iterdir()) and not resume:
+        raise ProbeError(f"{state} already holds training state; pass --resume to continue it or choose another --out")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.set_flush_denormal(True)
+    arch = ARCHITECTURES[cfg.arch]
+    t_start = time.time()
+    data = render_training_set(cfg.n_images, seed, arch.image_size)
+    log(f"rendered {cfg.n_images} scenes in {time.time() - t_start:.0f}s")
+    vae, latents = _vae_phase(cfg, arch, data.pixels, seed, state, resume, log)
+    torch.manual_seed(seed + 1)
+    te1, te2 = mc.build_text_encoders(arch)
+    unet = mc.build_unet(arch)
+    ema, params = train_joint(unet, te1, te2, latents, data.scenes, cfg=cfg, seed=seed, image_size=arch.image_size,
+                              state_path=state / "joint_state.safetensors", resume=resume, log=log)
+    ema.copy_to(params)
+    model_dir = export_diffusers(out / "model", vae=vae, text_encoder=te1, text_encoder_2=te2, unet=unet)
+    elapsed = time.time() - t_start
+    write_json(out / "pretrain.json", {"config": asdict(cfg), "seed": seed, "seconds_this_session": elapsed,
+                                       "resumed": resume})
+    log(f"done: {model_dir} ({elapsed / 60:.1f} min this session)")
+    return model_dir
+
+
+__all__ = ["PretrainConfig", "TrainingStopped", "encode_ids", "pretrain", "sdxl_time_ids", "train_joint"]

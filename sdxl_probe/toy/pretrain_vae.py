@@ -1,0 +1,102 @@
+"""Phase 1 of the toy recipe: the AutoencoderKL, then its latents.
+
+Two stages, as measured in ``shared/reference/toy-world.md``: encoder and decoder jointly
+(MSE + 0.5 L1 + 1e-6 KL), then the decoder alone with the encoder frozen, which removes the
+colour shift of the joint stage without moving the latents the UNet will learn.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from sdxl_probe.toy.checkpoint import TrainingStopped, graceful_stop, load_state, save_state
+from sdxl_probe.toy.pretrain_data import step_rng
+
+KL_WEIGHT = 1e-6
+L1_WEIGHT = 0.5
+
+
+def vae_loss(vae, pixels: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, mse) of one batch ``pixels (B, 3, H, W)`` in [-1, 1]."""
+    posterior = vae.encode(pixels).latent_dist
+    z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)  # (B, C, h, w)
+    recon = vae.decode(z).sample
+    mse = torch.nn.functional.mse_loss(recon, pixels)
+    loss = mse + L1_WEIGHT * (recon - pixels).abs().mean() + KL_WEIGHT * posterior.kl().mean()
+    return loss, mse
+
+
+def _decoder_only(vae, step: int, joint_steps: int) -> None:
+    """Freeze the encoder side (encoder, quant_conv) from ``joint_steps`` on."""
+    frozen = step >= joint_steps
+    for part in (vae.encoder, vae.quant_conv):
+        part.requires_grad_(not frozen)
+
+
+def train_vae(
+    vae,
+    pixels: torch.Tensor,
+    *,
+    seed: int,
+    joint_steps: int,
+    decoder_steps: int,
+    batch_size: int,
+    lr: float,
+    state_path: Path,
+    resume: bool,
+    checkpoint_every: int,
+    log=print,
+) -> None:
+    """Train ``vae`` on ``pixels (N, 3, H, W)`` in place; resumable from ``state_path``.
+
+    AdamW with diffusers' cosine schedule over both stages. Ctrl-C or SIGTERM saves the state
+    and raises :class:`TrainingStopped`.
+    """
+    from diffusers.optimization import get_scheduler
+
+    total = joint_steps + decoder_steps
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=min(50, total // 10), num_training_steps=total)
+    step = 0
+    if resume and state_path.exists():
+        step = load_state(state_path, {"vae": vae}, opt, sched, None)["step"]
+        log(f"vae: resumed at step {step}/{total}")
+    vae.train()
+    t0, mse_avg = time.time(), None
+    with graceful_stop() as stop:
+        while step < total:
+            _decoder_only(vae, step, joint_steps)
+            _, gen = step_rng(seed, "vae", step)
+            idx = torch.randint(0, len(pixels), (batch_size,), generator=gen)
+            loss, mse = vae_loss(vae, pixels[idx], gen)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            mse_avg = mse.item() if mse_avg is None else 0.95 * mse_avg + 0.05 * mse.item()
+            if step % 25 == 0 or step == total:
+                psnr = 10 * torch.log10(torch.tensor(4.0 / mse_avg)).item()  # range [-1, 1] -> peak 2
+                log(f"vae step {step}/{total} loss {loss.item():.4f} psnr~{psnr:.1f} dB {time.time() - t0:.0f}s")
+            if stop.requested or step % checkpoint_every == 0 or step == total:
+                save_state(state_path, {"vae": vae}, opt, sched, None, {"step": step, "seed": seed})
+            if stop.requested and step < total:
+                raise TrainingStopped(f"stopped at vae step {step}; state saved in {state_path}; rerun with --resume")
+    _decoder_only(vae, 0, 1)
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(vae, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Posterior means ``(N, C, h, w)`` of ``pixels``, unscaled."""
+    out = [vae.encode(pixels[i : i + batch_size]).latent_dist.mean for i in range(0, len(pixels), batch_size)]
+    return torch.cat(out)
+
+
+def latent_scaling_factor(latents: torch.Tensor) -> float:
+    """1 / std of the latents, as SDXL's ``scaling_factor`` (0.13025) was chosen for unit variance."""
+    return float(1.0 / latents.float().std())
