@@ -48,7 +48,9 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
             print(f"{label}: {times[-1]:.2f} s, cache hits {cache.hits}, misses {cache.misses}")
     cold, warm = times
-    print(f"model {components.kind} ({components.source}), {len(pairs)} pairs, {len(result.drift_samples)} drift samples")
+    print(
+        f"model {components.kind} ({components.source}), {len(pairs)} pairs, {len(result.drift_samples)} drift samples"
+    )
     print(f"cold/warm ratio: {cold / warm:.1f}x")
 
 

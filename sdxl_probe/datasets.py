@@ -99,7 +99,10 @@ class IssueLog:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            kind: {"count": n, "examples": [{"path": p, "message": m} for p, m in self.examples.get(kind, [])]}
+            kind: {
+                "count": n,
+                "examples": [{"path": p, "message": m} for p, m in self.examples.get(kind, [])],
+            }
             for kind, n in sorted(self.counts.items())
         }
 
@@ -113,7 +116,9 @@ def read_caption_file(path: Path, *, wildcard: bool, issues: IssueLog) -> tuple[
     try:
         data = path.read_bytes()
     except OSError as e:
-        issues.add("unreadable", path, f"{path}: cannot read caption file ({e.strerror or e}); caption skipped")
+        issues.add(
+            "unreadable", path, f"{path}: cannot read caption file ({e.strerror or e}); caption skipped"
+        )
         return None, False
     try:
         text, bad = data.decode("utf-8"), False
@@ -149,10 +154,18 @@ def folder_records(subset: Subset, issues: IssueLog) -> Iterator[CaptionRecord]:
     for name in images:
         yield _folder_record(subset, image_dir / name, names, ext, wildcard, issues)
     for name in sorted(n for n in names if n.endswith(ext) and n[: -len(ext)] not in stems):
-        issues.add("caption_without_image", image_dir / name, f"{image_dir / name}: caption file has no image next to it")
+        issues.add(
+            "caption_without_image",
+            image_dir / name,
+            f"{image_dir / name}: caption file has no image next to it",
+        )
     if not images:
         others = sum(1 for n in names if n.endswith(ext))
-        issues.add("empty_subset", image_dir, f"{image_dir}: no images found ({others} '{ext}' files); subset skipped")
+        issues.add(
+            "empty_subset",
+            image_dir,
+            f"{image_dir}: no images found ({others} '{ext}' files); subset skipped",
+        )
 
 
 def _folder_record(
@@ -172,7 +185,9 @@ def _folder_record(
 
 def _list_dir(path: Path, issues: IssueLog) -> set[str] | None:
     if not path.is_dir():
-        issues.add("missing_image_dir", path, f"{path}: image directory not found; check image_dir / the path")
+        issues.add(
+            "missing_image_dir", path, f"{path}: image directory not found; check image_dir / the path"
+        )
         return None
     try:
         with os.scandir(path) as it:
@@ -216,27 +231,33 @@ def list_records(subset: Subset, issues: IssueLog) -> Iterator[CaptionRecord]:
     base = subset.image_dir or path.parent
     seen: set[str] = set()
     try:
-        for row_no, (caption, tags, image) in _rows(path, subset.kind):
+        for row_no, (caption, tags, image) in _rows(path, subset.kind, issues):
             image_path = None
             if image is not None:
                 image_path = base / image
                 seen.add(str(image_path))
                 if not image_path.exists() and not _has_image_with_stem(image_path):
-                    issues.add("caption_without_image", image_path, f"{path}:{row_no}: image '{image}' not found")
+                    issues.add(
+                        "caption_without_image", image_path, f"{path}:{row_no}: image '{image}' not found"
+                    )
             text = caption or ""
-            yield CaptionRecord(text, subset, str(image_path) if image_path else None, None, "row", tags or text)
+            yield CaptionRecord(
+                text, subset, str(image_path) if image_path else None, None, "row", tags or text
+            )
     except OSError as e:
         issues.add("unreadable", path, f"{path}: cannot read ({e.strerror or e}); subset skipped")
         return
     _images_not_listed(base, seen, subset, issues)
 
 
-def _rows(path: Path, kind: str) -> Iterator[tuple[int, tuple[str | None, str | None, str | None]]]:
+def _rows(
+    path: Path, kind: str, issues: IssueLog
+) -> Iterator[tuple[int, tuple[str | None, str | None, str | None]]]:
     """``(row number, (caption, tags, image))`` for every row of a caption list."""
     if kind == "csv":
         yield from _csv_rows(path)
     elif kind == "jsonl":
-        yield from _jsonl_rows(path)
+        yield from _jsonl_rows(path, issues)
     else:
         yield from _metadata_json_rows(path)
 
@@ -255,7 +276,9 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, tuple[str | None, str | None, s
             yield i, ((row.get(cap_col) or "").strip(), None, row.get(img_col) if img_col else None)
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, tuple[str | None, str | None, str | None]]]:
+def _jsonl_rows(
+    path: Path, issues: IssueLog
+) -> Iterator[tuple[int, tuple[str | None, str | None, str | None]]]:
     with path.open(encoding="utf-8", errors="replace") as f:
         for i, line in enumerate(f, start=1):
             if not line.strip():
@@ -263,9 +286,15 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, tuple[str | None, str | None,
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{i}: invalid JSON ({e.msg}); each line must be one JSON object") from None
+                issues.add("bad_row", f"{path}:{i}", f"{path}:{i}: invalid JSON ({e.msg}); line skipped")
+                continue
             if not isinstance(row, dict):
-                raise DatasetError(f"{path}:{i}: expected a JSON object per line, got {type(row).__name__}")
+                issues.add(
+                    "bad_row",
+                    f"{path}:{i}",
+                    f"{path}:{i}: expected a JSON object, got {type(row).__name__}; line skipped",
+                )
+                continue
             caption = next((row[c] for c in CAPTION_COLUMNS if isinstance(row.get(c), str)), "")
             image = next((row[c] for c in IMAGE_COLUMNS if isinstance(row.get(c), str)), None)
             yield i, (caption.strip(), None, image)
@@ -301,7 +330,9 @@ def _images_not_listed(base: Path, seen: set[str], subset: Subset, issues: Issue
         for entry in it:
             full = str(base / entry.name)
             if is_image(entry.name) and full not in seen and os.path.splitext(full)[0] not in seen:
-                issues.add("image_without_caption", full, f"{full}: image not listed in {subset.metadata_file}")
+                issues.add(
+                    "image_without_caption", full, f"{full}: image not listed in {subset.metadata_file}"
+                )
 
 
 # ---- kohya dataset TOML ([general], [[datasets]], [[datasets.subsets]]) ----
@@ -401,7 +432,9 @@ def toml_subsets(path: Path, cli_defaults: dict[str, Any], issues: IssueLog) -> 
 
     spec = load_config(KohyaDatasetToml, path)
     if not spec.datasets:
-        raise DatasetError(f"{path}: no [[datasets]] table; add [[datasets]] with [[datasets.subsets]] image_dir = ...")
+        raise DatasetError(
+            f"{path}: no [[datasets]] table; add [[datasets]] with [[datasets.subsets]] image_dir = ..."
+        )
     subsets = []
     for d_i, ds in enumerate(spec.datasets):
         for s_i, sub in enumerate(ds.subsets):
@@ -418,12 +451,20 @@ def _toml_subset(path: Path, where: str, sub: TomlSubset, value: Any, issues: Is
         meta = _resolve(path, sub.metadata_file)
         image_dir = _resolve(path, sub.image_dir) if sub.image_dir else meta.parent
         kind = "jsonl" if meta.suffix == ".jsonl" else "csv" if meta.suffix == ".csv" else "metadata_json"
-        return Subset(meta.name, image_dir, kind, "", repeats, sub.class_tokens, bool(sub.is_reg), meta, options)
+        return Subset(
+            meta.name, image_dir, kind, "", repeats, sub.class_tokens, bool(sub.is_reg), meta, options
+        )
     if not sub.image_dir:
-        raise DatasetError(f"{path}: {where} has neither image_dir nor metadata_file; set image_dir = \"path/to/images\"")
+        raise DatasetError(
+            f'{path}: {where} has neither image_dir nor metadata_file; set image_dir = "path/to/images"'
+        )
     image_dir = _resolve(path, sub.image_dir)
-    ext = value("caption_extension") or (guess_caption_extension(image_dir) if image_dir.is_dir() else ".caption")
-    return Subset(image_dir.name, image_dir, "folder", ext, repeats, sub.class_tokens, bool(sub.is_reg), None, options)
+    ext = value("caption_extension") or (
+        guess_caption_extension(image_dir) if image_dir.is_dir() else ".caption"
+    )
+    return Subset(
+        image_dir.name, image_dir, "folder", ext, repeats, sub.class_tokens, bool(sub.is_reg), None, options
+    )
 
 
 def _set_keys(obj: Any) -> dict[str, Any]:
@@ -465,7 +506,9 @@ class Dataset:
             yield from reader(subset, self.issues)
 
 
-def open_dataset(path: str | Path, *, caption_extension: str | None = None, cli_defaults: dict | None = None) -> Dataset:
+def open_dataset(
+    path: str | Path, *, caption_extension: str | None = None, cli_defaults: dict | None = None
+) -> Dataset:
     """Open a kohya folder, kohya dataset TOML, metadata.jsonl / .json or CSV of captions.
 
     Args:
@@ -481,7 +524,9 @@ def open_dataset(path: str | Path, *, caption_extension: str | None = None, cli_
     if caption_extension:
         cli.setdefault("caption_extension", caption_extension)
     if not p.exists():
-        raise DatasetError(f"{p}: dataset not found; give a kohya folder, a dataset .toml, metadata.jsonl or a .csv")
+        raise DatasetError(
+            f"{p}: dataset not found; give a kohya folder, a dataset .toml, metadata.jsonl or a .csv"
+        )
     if p.is_dir():
         subsets = kohya_folder_subsets(p, caption_extension, issues)
         subsets = [dataclasses.replace(s, caption_options=_options(cli)) for s in subsets]
@@ -489,7 +534,9 @@ def open_dataset(path: str | Path, *, caption_extension: str | None = None, cli_
     kinds = {".toml": "kohya toml", ".jsonl": "jsonl", ".csv": "csv", ".json": "metadata_json"}
     kind = kinds.get(p.suffix.lower())
     if kind is None:
-        raise DatasetError(f"{p}: unknown dataset type '{p.suffix}'; expected a folder, .toml, .jsonl, .json or .csv")
+        raise DatasetError(
+            f"{p}: unknown dataset type '{p.suffix}'; expected a folder, .toml, .jsonl, .json or .csv"
+        )
     if kind == "kohya toml":
         return Dataset(p, kind, toml_subsets(p, cli, issues), issues)
     return Dataset(p, kind, [Subset(p.name, p.parent, kind, "", 1, None, False, p, _options(cli))], issues)

@@ -47,7 +47,7 @@ def tag_spans(tags: list[str]) -> list[tuple[int, int]]:
 
 
 def lost_tags(tags: list[str], limit: int) -> list[str]:
-    return [t for t, (_, last) in zip(tags, tag_spans(tags)) if last > limit]
+    return [t for t, (_, last) in zip(tags, tag_spans(tags), strict=True) if last > limit]
 
 
 def write_kohya_folder(root: Path, captions: dict[str, list[str]]) -> None:

@@ -40,24 +40,37 @@ RESULT_ID = "sdxl-probe-img-check"
 DATA_IMG_RE = re.compile(r"""<img\b[^>]*\bsrc="(data:image/(png|svg\+xml);base64,([^"]+))\"""", re.IGNORECASE)
 
 # The wrapper loads the report in an iframe (same file:// folder; Chromium runs with
-# --allow-file-access-from-files so the parent may read the frame's DOM), waits for the load
-# event, awaits HTMLImageElement.decode() for every image and writes the outcome as JSON into
-# a <pre> that --dump-dom then prints. The report itself carries no script at all.
+# --allow-file-access-from-files so the parent may read the frame's DOM). In the iframe's load
+# handler it draws every image onto a canvas, which forces a synchronous decode, and reads the
+# pixels back: a broken image has no natural size and cannot be drawn. The outcome is written
+# as JSON into a <pre> that --dump-dom prints. The report itself carries no script at all.
 WRAPPER = """<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>
 <pre id="{result_id}">pending</pre>
 <iframe id="report" src="{src}" style="width:1200px;height:900px"></iframe>
 <script>
+function check(img) {{
+  const row = {{src: (img.getAttribute("src") || "").slice(0, 48), complete: img.complete,
+               width: img.naturalWidth, height: img.naturalHeight, decoded: false, distinct: 0}};
+  if (!(img.complete && img.naturalWidth > 0 && img.naturalHeight > 0)) return row;
+  try {{
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.min(img.naturalWidth, 512);
+    canvas.height = Math.min(img.naturalHeight, 512);
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+    const px = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+    const seen = new Set();
+    for (let i = 0; i < px.length && seen.size < 64; i += 4 * 97) seen.add(px[i] << 16 | px[i + 1] << 8 | px[i + 2]);
+    row.decoded = true;
+    row.distinct = seen.size;
+  }} catch (e) {{ row.error = String(e); }}
+  return row;
+}}
 const frame = document.getElementById("report");
-frame.addEventListener("load", async () => {{
+frame.addEventListener("load", () => {{
   const out = document.getElementById("{result_id}");
   try {{
-    const imgs = Array.from(frame.contentDocument.images);
-    const rows = await Promise.all(imgs.map(async (img) => {{
-      let decoded = true;
-      try {{ await img.decode(); }} catch (e) {{ decoded = false; }}
-      return {{src: img.getAttribute("src").slice(0, 48), complete: img.complete,
-               width: img.naturalWidth, height: img.naturalHeight, decoded: decoded}};
-    }}));
+    const rows = Array.from(frame.contentDocument.images).map(check);
     out.textContent = JSON.stringify({{ok: true, images: rows}});
   }} catch (e) {{
     out.textContent = JSON.stringify({{ok: false, error: String(e)}});
@@ -121,7 +134,8 @@ def browser_image_check(page: Path) -> list[dict]:
     """Load ``page`` in an iframe and report, per ``<img>``, whether Chromium decoded it.
 
     Returns:
-        One dict per image: ``src`` (prefix), ``complete``, ``width``, ``height``, ``decoded``.
+        One dict per image: ``src`` (prefix), ``complete``, ``width``, ``height``, ``decoded``
+        (drawn onto a canvas and read back), ``distinct`` (distinct colours in a pixel sample).
     """
     page = Path(page).resolve()
     wrapper = page.parent / f".img-check-{page.stem}.html"
@@ -133,6 +147,8 @@ def browser_image_check(page: Path) -> list[dict]:
     match = re.search(rf'<pre id="{RESULT_ID}">(.*?)</pre>', dom, re.DOTALL)
     if match is None:
         raise AssertionError(f"image check wrote no result; DOM was:\n{dom[:2000]}")
+    if match.group(1) == "pending":
+        raise AssertionError("the report iframe never fired its load event")
     result = json.loads(html.unescape(match.group(1)))
     if not result.get("ok"):
         raise AssertionError(f"image check failed in the browser: {result}")
@@ -145,7 +161,7 @@ def assert_images_decode(page: Path) -> int:
     n_tags = len(re.findall(r"<img\b", text, re.IGNORECASE))
     rows = browser_image_check(page)
     assert len(rows) == n_tags, f"browser saw {len(rows)} images, the file has {n_tags} <img> tags"
-    bad = [r for r in rows if not (r["complete"] and r["decoded"] and r["width"] > 0 and r["height"] > 0)]
+    bad = [r for r in rows if not (r["complete"] and r["decoded"] and r["width"] > 0 and r["distinct"] > 1)]
     assert not bad, f"images that did not decode in Chromium: {bad}"
     assert len(decode_data_uri_images(text)) == n_tags, "some <img> is not an inline data: URI"
     return n_tags
@@ -207,6 +223,8 @@ def assert_inert(dom: str, payload: str) -> None:
     assert not scripts, f"the DOM has {len(scripts)} <script> element(s)"
     handlers = [(t, k) for t, a in elements for k in a if k.lower().startswith("on")]
     assert not handlers, f"elements with event handlers: {handlers}"
-    foreign = [a.get("src") for t, a in elements if t == "img" and not (a.get("src") or "").startswith("data:image/")]
+    foreign = [
+        a.get("src") for t, a in elements if t == "img" and not (a.get("src") or "").startswith("data:image/")
+    ]
     assert not foreign, f"<img> elements with non-data src: {foreign}"
     assert html.escape(payload, quote=False) in dom, "the payload text is missing from the DOM"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import random
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -43,16 +45,26 @@ def audited(tmp_path_factory):
     (root / "data/1_beta/orphan.txt").write_text("red cat")
     (root / "data/notanumber").mkdir()
     out = root / "reports"
-    res = CliRunner().invoke(app, ["audit", str(root / "data"), "--out", str(out), "--name", "t", "--trigger", "sks"])
+    res = CliRunner().invoke(
+        app, ["audit", str(root / "data"), "--out", str(out), "--name", "t", "--trigger", "sks"]
+    )
     assert res.exit_code == 0, res.output
     all_caps = caps["3_alpha"] + caps["1_beta"]
     all_tags = tags_a + tags_b
-    return {"out": out / "t", "caps": caps, "tags": all_tags, "captions": all_caps, "result": AuditResult.load(out / "t")}
+    return {
+        "out": out / "t",
+        "caps": caps,
+        "tags": all_tags,
+        "captions": all_caps,
+        "result": AuditResult.load(out / "t"),
+    }
 
 
 def test_token_histogram_and_cuts_match_independent_count(audited):
     stats, tags = audited["result"].stats, audited["tags"]
-    expected = Counter(token_count(t) for t in tags) + Counter({0: 1, 1: 1})  # empty caption, class tokens "beta"
+    expected = Counter(token_count(t) for t in tags) + Counter(
+        {0: 1, 1: 1}
+    )  # empty caption, class tokens "beta"
     got = {int(k): v for k, v in stats["histograms"]["te1"].items()}
     assert got == dict(expected)
     assert stats["histograms"]["te2"] == stats["histograms"]["te1"]
@@ -69,7 +81,9 @@ def test_lost_tags_match_independent_count(audited):
         got = dict(stats["lost_tags"][str(limit)])
         for tag, count in got.items():
             assert expected[tag] == count, (limit, tag)
-        assert [c for _, c in stats["lost_tags"][str(limit)]] == sorted(expected.values(), reverse=True)[: len(got)]
+        assert [c for _, c in stats["lost_tags"][str(limit)]] == sorted(expected.values(), reverse=True)[
+            : len(got)
+        ]
 
 
 def test_tag_frequency_is_ss_tag_frequency(audited):
@@ -83,7 +97,7 @@ def test_pooled_blind_and_trigger(audited):
     stats, tags = audited["result"].stats, audited["tags"]
     occ, blind = Counter(), Counter()
     for caption_tags in tags:
-        for t, (first, _) in zip(caption_tags, tag_spans(caption_tags)):
+        for t, (first, _) in zip(caption_tags, tag_spans(caption_tags), strict=True):
             occ[t.lower()] += 1
             blind[t.lower()] += first > 75
     expected = {t for t in occ if blind[t] / occ[t] > 0.5}
@@ -103,9 +117,15 @@ def test_duplicates_empty_orphans(audited):
     assert stats["empty"]["count"] == 1 and stats["empty"]["examples"][0].endswith("empty.txt")
     issues = stats["issues"]
     assert issues["image_without_caption"]["count"] == 1
-    assert "nocap.png: no '.txt' caption file; trained on class tokens" in issues["image_without_caption"]["examples"][0]["message"]
+    assert (
+        "nocap.png: no '.txt' caption file; trained on class tokens"
+        in issues["image_without_caption"]["examples"][0]["message"]
+    )
     assert issues["caption_without_image"]["count"] == 1
-    assert "orphan.txt: caption file has no image next to it" in issues["caption_without_image"]["examples"][0]["message"]
+    assert (
+        "orphan.txt: caption file has no image next to it"
+        in issues["caption_without_image"]["examples"][0]["message"]
+    )
     assert issues["ignored_folder"]["count"] == 1
 
 
@@ -151,7 +171,7 @@ def test_jsonl_and_csv_inputs(tmp_path):
     (tmp_path / "stray.png").write_bytes(PNG_1X1)
     lines = [{"file_name": "a.png", "text": "red cat, blue dog"}, {"file_name": "missing.png", "text": "sky"}]
     (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    (tmp_path / "caps.csv").write_text("file_name,caption\na.png,\"red cat, blue dog\"\nmissing.png,sky\n")
+    (tmp_path / "caps.csv").write_text('file_name,caption\na.png,"red cat, blue dog"\nmissing.png,sky\n')
     for name in ("metadata.jsonl", "caps.csv"):
         ds = open_dataset(tmp_path / name)
         res = run_audit(ds, tmp_path / name.split(".")[0], AuditSettings(), name="x", header={"title": "x"})
@@ -166,9 +186,35 @@ def test_shuffle_probabilities_reported(tmp_path):
     caps = {"2_x": [", ".join(["sks", *("red cat" for _ in range(rng.randint(20, 40)))]) for _ in range(20)]}
     write_kohya_folder(tmp_path / "d", caps)
     ds = open_dataset(tmp_path / "d", cli_defaults={"shuffle_caption": True, "keep_tokens": 1})
-    res = run_audit(ds, tmp_path / "o", AuditSettings(seed=3, shuffle_samples=16), name="x", header={"title": "x"})
+    res = run_audit(
+        ds, tmp_path / "o", AuditSettings(seed=3, shuffle_samples=16), name="x", header={"title": "x"}
+    )
     sh = res.stats["shuffle"]
     assert sh["method"]["monte_carlo"] > 0 and sh["seed"] == 3 and sh["samples"] == 16
     rows = {r["tag"]: r for r in sh["tables"]["75"]}
     assert "sks" not in rows  # kept by keep_tokens=1, always first
     assert 0 < rows["red cat"]["mean_prob"] < 1
+
+
+def test_report_rerenders_from_saved_files_without_torch(audited):
+    page = audited["out"] / "index.html"
+    page.unlink()
+    code = (
+        "import sys; from sdxl_probe.report import render_report; "
+        f"p = render_report('audit', {str(audited['out'])!r}); "
+        "print(p.name, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["index.html", "False", "False"]
+    assert page.is_file()
+
+
+def test_shuffle_with_tag_dropout_simulates_the_pipeline(tmp_path):
+    caps = {"1_x": [", ".join(["sks", *(f"red cat {w}" for w in "abcdefghijklmnopqrst")])]}
+    write_kohya_folder(tmp_path / "d", caps)
+    opts = {"shuffle_caption": True, "keep_tokens": 1, "caption_tag_dropout_rate": 0.5}
+    res = run_audit(open_dataset(tmp_path / "d", cli_defaults=opts), tmp_path / "o",
+                    AuditSettings(shuffle_samples=32), name="x", header={"title": "x"})  # fmt: skip
+    sh = res.stats["shuffle"]
+    assert sh["pipeline_captions"] == 1 and sh["method"] == {"monte_carlo": 1}
+    assert all(0 <= r["mean_prob"] < 1 for r in sh["tables"]["75"])

@@ -17,7 +17,21 @@ from sdxl_probe.text.captions import CaptionOptions, process_caption
 from sdxl_probe.text.tokens import tokenize_caption
 
 LIMITS = (75, 150, 225)
-PIECES = ["red", "Blue", "sks", "1girl", "long_hair", "(smile:1.2)", "ok!", "café", "a photo of sks", " ", "!!", "x-y", "12"]
+PIECES = [
+    "red",
+    "Blue",
+    "sks",
+    "1girl",
+    "long_hair",
+    "(smile:1.2)",
+    "ok!",
+    "café",
+    "a photo of sks",
+    " ",
+    "!!",
+    "x-y",
+    "12",
+]
 
 
 @settings(max_examples=150, deadline=None)
@@ -25,11 +39,15 @@ PIECES = ["red", "Blue", "sks", "1girl", "long_hair", "(smile:1.2)", "ok!", "caf
 def test_fast_path_equals_span_path(pieces, joiner):
     caption = joiner.join(pieces)
     encode = CachedEncoder()
-    lay = tag_layout(caption, ",", encode, encode.uncached)
-    slow = audit_caption(tokenize_caption(caption), limits=LIMITS, trigger="sks", keep_tokens=2, separator=",")
+    lay = tag_layout(caption, ",", encode)
+    slow = audit_caption(
+        tokenize_caption(caption), limits=LIMITS, trigger="sks", keep_tokens=2, separator=","
+    )
     if lay is None:
         return
-    fast = audit_tag_layout(caption, lay, limits=LIMITS, trigger="sks", keep_tokens=2, separator=",", encode=encode)
+    fast = audit_tag_layout(
+        caption, lay, limits=LIMITS, trigger="sks", keep_tokens=2, separator=",", encode=encode
+    )
     assert fast == slow
 
 

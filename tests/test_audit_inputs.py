@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -97,7 +98,9 @@ def test_unreadable_caption_file_skipped_with_message(tmp_path):
 
 def test_empty_dataset_message(tmp_path):
     (tmp_path / "d/1_x").mkdir(parents=True)
-    with pytest.raises(DatasetError, match=r"d: empty dataset, no captions found \(1 subset\(s\)\).*no images found"):
+    with pytest.raises(
+        DatasetError, match=r"d: empty dataset, no captions found \(1 subset\(s\)\).*no images found"
+    ):
         _audit(open_dataset(tmp_path / "d"), tmp_path)
     (tmp_path / "e").mkdir()
     with pytest.raises(DatasetError, match=r"e: empty dataset, no captions found \(no 'N_name' subfolder"):
@@ -111,3 +114,32 @@ def test_missing_and_unknown_dataset_paths(tmp_path):
     (tmp_path / "x.parquet").write_text("")
     with pytest.raises(DatasetError, match=r"x.parquet: unknown dataset type '.parquet'"):
         open_dataset(tmp_path / "x.parquet")
+
+
+def test_bad_jsonl_line_skipped_with_message(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"text": "red cat"}\n{not json\n[1]\n{"text": "blue dog"}\n')
+    res = _audit(open_dataset(tmp_path / "m.jsonl"), tmp_path)
+    assert res.n_captions == 2
+    messages = [e["message"] for e in res.stats["issues"]["bad_row"]["examples"]]
+    assert messages[0].startswith(f"{tmp_path / 'm.jsonl'}:2: invalid JSON (")
+    assert messages[1] == f"{tmp_path / 'm.jsonl'}:3: expected a JSON object, got list; line skipped"
+
+
+def test_bad_max_token_length_is_a_config_error():
+    with pytest.raises(ConfigError, match="max_token_length=100 is not supported; use 75, 150 or 225"):
+        AuditSettings(max_token_length=100)
+
+
+def test_sd_scripts_metadata_json_subset(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img/a.png").write_bytes(PNG_1X1)
+    meta = {"a": {"caption": "a photo of a cat", "tags": "red, Cat"}, "b": {"tags": "blue, dog"}}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    toml = f'[[datasets]]\n[[datasets.subsets]]\nmetadata_file = "{tmp_path / "meta.json"}"\nimage_dir = "{tmp_path / "img"}"\n'
+    (tmp_path / "ft.toml").write_text(toml)
+    res = _audit(open_dataset(tmp_path / "ft.toml"), tmp_path)
+    assert res.n_captions == 2
+    # sd-scripts FineTuningDataset: caption + ", " + tags; ss_tag_frequency counts the tags only.
+    assert res.stats["tag_frequency"] == {"meta.json": {"red": 1, "cat": 1, "blue": 1, "dog": 1}}
+    assert res.stats["histograms"]["te1"] == {"3": 1, "9": 1}  # "a photo of a cat, red, Cat": 5 + 2 + 2
+    assert res.stats["issues"]["caption_without_image"]["count"] == 1  # "b" has no image

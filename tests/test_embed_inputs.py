@@ -93,3 +93,24 @@ def test_shuffled_orders_differ_and_are_seeded():
     assert orders != shuffled_orders(tags, 6, random.Random(4))
     assert shuffled_orders(["a"], 3, random.Random(0)) == []
     assert shuffled_orders(["a", "a"], 3, random.Random(0)) == []
+
+
+def test_gather_pairs_from_each_source(tmp_path):
+    from sdxl_probe.probes.embed_cli import gather_pairs
+
+    (tmp_path / "a.tags.txt").write_text("red circle, white background")
+    (tmp_path / "a.sentence.txt").write_text("a red circle on a white background")
+    (tmp_path / "b.tags.txt").write_text("blue star")
+    notes = []
+    pairs, label = gather_pairs(
+        [], None, None, None, tmp_path, ".tags.txt", ".sentence.txt", log=notes.append
+    )
+    assert len(pairs) == 1 and label == str(tmp_path)
+    assert notes and "1 '.tags.txt' files have no '.sentence.txt' partner" in notes[0]
+    toy, label = gather_pairs([], None, None, None, None, ".tags.txt", ".txt", 3, seed=4)
+    assert len(toy) == 3 and "toy-world" in label
+    assert toy == gather_pairs([], None, None, None, None, ".tags.txt", ".txt", 3, seed=4)[0]
+    with pytest.raises(ProbeError, match="found: none"):
+        gather_pairs([], None, None, None, None, ".tags.txt", ".txt")
+    with pytest.raises(ProbeError, match="needs --sentences-list"):
+        gather_pairs([], None, tmp_path / "t.txt", None, None, ".tags.txt", ".txt")

@@ -110,6 +110,19 @@ def test_cli_rejects_two_inputs(tmp_path):
     from typer.testing import CliRunner
 
     from sdxl_probe.cli import build_app
+    from sdxl_probe.errors import ProbeError
 
     res = CliRunner().invoke(build_app(), ["embed", "--pair", "a|||b", "--toy-pairs", "3"])
-    assert res.exit_code != 0
+    assert isinstance(res.exception, ProbeError)
+    assert "give exactly one input" in str(res.exception) and "found: --pair, --toy-pairs" in str(
+        res.exception
+    )
+
+
+def test_caption_without_tokens_is_a_clear_error(tiny_components):
+    from sdxl_probe.errors import ProbeError
+    from sdxl_probe.probes.embed_inputs import CaptionPair
+
+    pairs = [CaptionPair("\x00", "a red circle", "pairs.csv:2")]
+    with pytest.raises(ProbeError, match=r"pairs.csv:2: caption '\\x00' has no CLIP token"):
+        run_embed(tiny_components, pairs, SMALL)

@@ -304,5 +304,39 @@ def test_load_to_cuda_in_fp16(sai_file):
     pooled = torch.randn(1, loaded.text_encoder_2.config.projection_dim, device="cuda", dtype=torch.float16)
     time_ids = torch.tensor([[64, 64, 0, 0, 64, 64]], device="cuda", dtype=torch.float16)
     with torch.no_grad():
-        out = unet(latents, 10, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        out = unet(
+            latents, 10, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}
+        ).sample
     assert out.shape == latents.shape and torch.isfinite(out).all()
+
+
+def test_model_info_on_folder(tiny_components, tmp_path):
+    from sdxl_probe.models.info import model_info
+
+    folder = save_folder(tiny_components, tmp_path / "model")
+    summary = model_info(str(folder))
+    assert summary.layout == "diffusers folder" and summary.kind == "tiny"
+    counts = {c.name: c.params for c in summary.components}
+    assert counts == {n: sum(p.numel() for p in m.parameters()) for n, m in tiny_components.models()}
+
+
+def test_read_tensors_mapped_copied_and_misaligned(tmp_path):
+    from sdxl_probe.models.safetensors_file import read_header, read_tensors
+
+    tensors = {
+        "a": torch.arange(12, dtype=torch.float32).reshape(3, 4),
+        "b": torch.tensor([7], dtype=torch.int64),
+    }
+    aligned = tmp_path / "aligned.safetensors"
+    save_file(tensors, str(aligned))
+    raw = json.dumps({"a": {"dtype": "F32", "shape": [3, 4], "data_offsets": [0, 48]}}).encode() + b" "
+    assert (8 + len(raw)) % 4 != 0  # data section not 4-byte aligned: must fall back to a copy
+    misaligned = tmp_path / "misaligned.safetensors"
+    misaligned.write_bytes(len(raw).to_bytes(8, "little") + raw + tensors["a"].numpy().tobytes())
+    for path in (aligned, misaligned):
+        header = read_header(path)
+        for mmap in (True, False):
+            got = read_tensors(header, list(header.tensors), mmap=mmap)
+            assert all(torch.equal(got[k], tensors[k]) for k in got)
+        cast = read_tensors(header, ["a"], torch.float16, mmap=True)["a"]
+        assert cast.dtype == torch.float16 and torch.equal(cast.float(), tensors["a"])

@@ -12,7 +12,14 @@ import pytest
 from PIL import Image
 
 from sdxl_probe.errors import ProbeError
-from sdxl_probe.report import ReportHeader, figure_to_data_uri, new_figure, render_page, render_report, render_string
+from sdxl_probe.report import (
+    ReportHeader,
+    figure_to_data_uri,
+    new_figure,
+    render_page,
+    render_report,
+    render_string,
+)
 from sdxl_probe.report.figures import count_histogram, horizontal_bars
 from sdxl_probe.report.render import TOY_BANNER
 
@@ -25,7 +32,9 @@ def _page(header: ReportHeader, **context) -> str:
 
 
 def test_header_shows_model_dataset_version_time_and_config():
-    header = ReportHeader("T", model="runs/m.safetensors", model_kind="sdxl", dataset="data/x", config={"seed": 3})
+    header = ReportHeader(
+        "T", model="runs/m.safetensors", model_kind="sdxl", dataset="data/x", config={"seed": 3}
+    )
     page = _page(header)
     for text in ("runs/m.safetensors", "data/x", header.version, header.created, "seed"):
         assert text in page
@@ -41,7 +50,9 @@ def test_toy_model_banner(kind):
 
 def test_user_text_is_escaped_everywhere():
     header = ReportHeader(HOSTILE, model=HOSTILE, dataset=HOSTILE, config={HOSTILE: HOSTILE})
-    sections = [{"title": HOSTILE, "paragraphs": [HOSTILE], "table": {"columns": [HOSTILE], "rows": [[HOSTILE]]}}]
+    sections = [
+        {"title": HOSTILE, "paragraphs": [HOSTILE], "table": {"columns": [HOSTILE], "rows": [[HOSTILE]]}}
+    ]
     page = _page(header, sections=sections)
     assert "<script>" not in page and "onerror=alert" not in page.replace("onerror=alert(2)&gt;", "")
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -50,10 +61,14 @@ def test_user_text_is_escaped_everywhere():
 def test_page_is_self_contained(tmp_path):
     uri = count_histogram({10: 3, 80: 1}, limits=(75,), title=HOSTILE)
     sections = [{"title": "fig", "figures": [{"uri": uri, "caption": "c"}]}]
-    out = render_page("simple.html.j2", {"sections": sections}, tmp_path / "r" / "index.html", header=ReportHeader("T"))
+    out = render_page(
+        "simple.html.j2", {"sections": sections}, tmp_path / "r" / "index.html", header=ReportHeader("T")
+    )
     text = out.read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", text), "external resource in report"
-    assert "Content-Security-Policy" in text and "script-src" not in text  # default-src 'none' forbids scripts
+    assert (
+        "Content-Security-Policy" in text and "script-src" not in text
+    )  # default-src 'none' forbids scripts
     assert not list(tmp_path.glob("r/.*tmp*")), "atomic write left a temp file"
 
 
@@ -86,3 +101,15 @@ def test_report_layer_imports_no_torch():
     code = "import sys, sdxl_probe.report as r; r.render_string; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_missing_chromium_skips_locally_but_fails_in_ci(monkeypatch):
+    import chromium
+
+    monkeypatch.setattr(chromium, "find_chromium", lambda: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium not found"):
+        chromium.require_chromium()
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception):
+        chromium.require_chromium()

@@ -53,7 +53,11 @@ def test_hostile_caption_stays_inert_text(page):
 
 def test_image_check_catches_a_broken_image(tmp_path):
     require_chromium()
-    sections = [{"title": "t", "figures": [{"uri": "data:image/png;base64,iVBORw0KGgoAAAA", "caption": "broken"}]}]
-    out = render_page("simple.html.j2", {"sections": sections}, tmp_path / "bad.html", header=ReportHeader("bad"))
+    sections = [
+        {"title": "t", "figures": [{"uri": "data:image/png;base64,iVBORw0KGgoAAAA", "caption": "broken"}]}
+    ]
+    out = render_page(
+        "simple.html.j2", {"sections": sections}, tmp_path / "bad.html", header=ReportHeader("bad")
+    )
     (row,) = browser_image_check(out)
     assert not row["decoded"] and row["width"] == 0

@@ -147,7 +147,9 @@ def test_seeded_runs_repeat():
         ({"keep_tokens": -1}, "keep_tokens=-1"),
         ({"caption_dropout_every_n_epochs": 1.5}, "caption_dropout_every_n_epochs=1.5"),
         ({"token_warmup_step": -2}, "token_warmup_step=-2"),
-        ({"caption_separator": ""}, "caption_separator is empty"),
+        ({"caption_separator": ""}, "caption_separator='' is empty"),
+        ({"caption_dropout_rate": "0.1"}, "caption_dropout_rate='0.1'"),
+        ({"caption_prefix": 3}, "caption_prefix=3 must be text"),
     ],
 )
 def test_validation(kw, message):

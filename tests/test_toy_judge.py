@@ -13,6 +13,7 @@ from sdxl_probe.toy.judge import classify_shape, judge_image, judge_matches, lab
 from sdxl_probe.toy.world import (
     CONCEPT_COLOURS,
     CONCEPT_SHAPES,
+    SHAPES,
     Scene,
     ToyObject,
     render_scene,
@@ -20,14 +21,20 @@ from sdxl_probe.toy.world import (
 )
 
 
-def _score(scenes: list[Scene], blur: float = 0.0) -> dict[str, float]:
+def _degrade(image: np.ndarray, rng: np.random.Generator, blur: float, noise: float, shift: tuple) -> np.ndarray:
+    """A stand-in for a tiny VAE's losses: Gaussian blur, pixel noise and a colour cast."""
+    soft = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(blur))).astype(np.float64)
+    return np.clip(soft + np.asarray(shift) + rng.normal(0.0, noise, soft.shape), 0, 255).astype(np.uint8)
+
+
+def _score(scenes: list[Scene], degrade: dict | None = None) -> dict[str, float]:
     """Per ground-truth object: is the judged object overlapping its mask most right?"""
     hits = {"colour_and_shape": 0, "size": 0, "position": 0, "count": 0}
     total = 0
     for scene in scenes:
         image, masks = render_scene(scene)
-        if blur:
-            image = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(blur)))
+        if degrade:
+            image = _degrade(image, **degrade)
         judged = judge_image(image)
         hits["count"] += len(judged.objects) == len(scene.objects)
         for obj, mask in zip(scene.objects, masks, strict=True):
@@ -62,11 +69,12 @@ def test_judge_reads_concept_shapes_and_colours():
     assert rates["colour_and_shape"] >= 0.98
 
 
-def test_judge_tolerates_blur():
+def test_judge_tolerates_blur_noise_and_colour_cast():
     rng = random.Random(5)
     scenes = [sample_scene(rng, split="all") for _ in range(100)]
-    rates = _score(scenes, blur=1.0)
-    print(f"judge on 100 scenes blurred (sigma 1 px): {rates}")
+    degrade = {"rng": np.random.default_rng(0), "blur": 1.5, "noise": 6.0, "shift": (15, -10, 10)}
+    rates = _score(scenes, degrade)
+    print(f"judge on 100 scenes blurred (sigma 1.5 px), noisy (sigma 6) and colour-cast: {rates}")
     assert rates["colour_and_shape"] >= 0.95
 
 
@@ -114,8 +122,12 @@ def test_helpers_and_inputs():
 
 
 def test_classify_shape_respects_allowed_set():
-    harmonics = np.array([0.0, 0.0, 0.0, 0.3, 0.0, 0.0])  # a strong 4th harmonic
-    assert classify_shape(0.95, harmonics) == "square"
-    assert classify_shape(0.7, harmonics) == "cross"
-    assert classify_shape(0.7, harmonics, shapes=["circle", "square", "triangle", "star"]) == "square"
+    four_fold = np.array([0.0, 0.0, 0.0, 0.15, 0.0, 0.0])  # a clear 4th harmonic
+    assert classify_shape(0.95, four_fold) == "square"
+    assert classify_shape(0.7, four_fold) == "cross"  # hollow
+    assert classify_shape(0.95, four_fold * 2) == "cross"  # 4th harmonic too strong for a square
+    assert classify_shape(0.7, four_fold, shapes=["circle", "square", "triangle", "star"]) == "square"
     assert classify_shape(0.95, np.zeros(6)) == "circle"
+    assert classify_shape(0.95, np.array([0.0, 0.16, 0.2, 0.0, 0.0, 0.0])) == "heart"
+    assert classify_shape(0.95, np.array([0.0, 0.02, 0.2, 0.0, 0.0, 0.0])) == "triangle"
+    assert classify_shape(0.95, np.array([0.0, 0.16, 0.2, 0.0, 0.0, 0.0]), shapes=SHAPES) == "triangle"

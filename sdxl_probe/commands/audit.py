@@ -3,25 +3,38 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
 def audit(
-    dataset: Path = typer.Argument(..., help="kohya folder (N_name subfolders), dataset .toml, metadata.jsonl/.json or .csv."),
-    name: Optional[str] = typer.Option(None, "--name", help="Report name (default: the dataset's name)."),
-    out: Path = typer.Option(Path("reports"), "--out", help="Reports folder; writes <out>/<name>/index.html."),
-    caption_extension: Optional[str] = typer.Option(None, "--caption-extension", help=".txt, .caption, ... (default: .caption if present, else .txt)."),
-    max_token_length: Optional[int] = typer.Option(None, "--max-token-length", help="Training limit: 75 (default), 150 or 225."),
-    keep_tokens: Optional[int] = typer.Option(None, "--keep-tokens", help="kohya keep_tokens (tags)."),
-    shuffle: Optional[bool] = typer.Option(None, "--shuffle/--no-shuffle", help="kohya shuffle_caption."),
-    caption_separator: Optional[str] = typer.Option(None, "--caption-separator", help="Tag separator (default ',')."),
-    keep_tokens_separator: Optional[str] = typer.Option(None, "--keep-tokens-separator", help="kohya keep_tokens_separator."),
-    trigger: Optional[str] = typer.Option(None, "--trigger", help="Trigger word whose position is reported."),
+    dataset: Path = typer.Argument(
+        ..., help="kohya folder (N_name subfolders), dataset .toml, metadata.jsonl/.json or .csv."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Report name (default: the dataset's name)."),
+    out: Path = typer.Option(
+        Path("reports"), "--out", help="Reports folder; writes <out>/<name>/index.html."
+    ),
+    caption_extension: str | None = typer.Option(
+        None, "--caption-extension", help=".txt, .caption, ... (default: .caption if present, else .txt)."
+    ),
+    max_token_length: int | None = typer.Option(
+        None, "--max-token-length", help="Training limit: 75 (default), 150 or 225."
+    ),
+    keep_tokens: int | None = typer.Option(None, "--keep-tokens", help="kohya keep_tokens (tags)."),
+    shuffle: bool | None = typer.Option(None, "--shuffle/--no-shuffle", help="kohya shuffle_caption."),
+    caption_separator: str | None = typer.Option(
+        None, "--caption-separator", help="Tag separator (default ',')."
+    ),
+    keep_tokens_separator: str | None = typer.Option(
+        None, "--keep-tokens-separator", help="kohya keep_tokens_separator."
+    ),
+    trigger: str | None = typer.Option(None, "--trigger", help="Trigger word whose position is reported."),
     weighted: bool = typer.Option(False, "--weighted", help="Parse weighted syntax (tag:1.2)."),
     seed: int = typer.Option(0, "--seed", help="Seed for Monte Carlo shuffles."),
-    samples: int = typer.Option(64, "--samples", help="Random orders per caption when Monte Carlo is needed."),
+    samples: int = typer.Option(
+        64, "--samples", help="Random orders per caption when Monte Carlo is needed."
+    ),
 ) -> None:
     """Audit a caption dataset: token counts, cuts at 75/150/225, lost tags, pooled-blind tags, shuffle effects."""
     from sdxl_probe.datasets import open_dataset
@@ -39,9 +52,13 @@ def audit(
     result = run_audit(ds, out / name, settings, name=name, header=header.to_dict())
     page = render_report(out / name)
     for kind, info in result.stats["issues"].items():
-        typer.secho(f"warning: {info['count']} x {kind}: {info['examples'][0]['message']}", err=True, fg="yellow")
+        typer.secho(
+            f"warning: {info['count']} x {kind}: {info['examples'][0]['message']}", err=True, fg="yellow"
+        )
     cut = result.stats["cut"][str(settings.limit)]
-    typer.echo(f"{result.n_captions} captions; {cut['count']} ({100 * cut['fraction']:.1f}%) cut at {settings.limit} tokens")
+    typer.echo(
+        f"{result.n_captions} captions; {cut['count']} ({100 * cut['fraction']:.1f}%) cut at {settings.limit} tokens"
+    )
     typer.echo(f"report: {page}")
 
 

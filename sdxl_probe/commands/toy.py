@@ -42,3 +42,50 @@ def dataset(
 def register(app: typer.Typer) -> None:
     """Add the ``toy`` command group to the CLI."""
     app.add_typer(toy_app, name="toy")
+
+
+# ---------------------------------------------------------------- the toy model (TOY-MODEL helper)
+
+
+@toy_app.command("pretrain")
+def pretrain(
+    out: Path = typer.Option(..., "--out", help="Run folder: state/ (resumable) and model/ (diffusers, fp16)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data, initialisation and every batch."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the state saved in OUT/state."),
+    config: Path = typer.Option(None, "--config", help="TOML overriding PretrainConfig fields (e.g. steps)."),
+) -> None:
+    """Train the toy model from scratch: VAE, then TE1 + TE2 + UNet (Ctrl-C saves; --resume continues)."""
+    from sdxl_probe.config import from_dict, read_toml
+    from sdxl_probe.toy.pretrain import PretrainConfig
+    from sdxl_probe.toy.pretrain import pretrain as run
+
+    cfg = from_dict(PretrainConfig, read_toml(config), where=str(config)) if config else PretrainConfig()
+    model_dir = run(out, cfg, seed=seed, resume=resume, log=typer.echo)
+    typer.echo(f"toy model written to {model_dir}; copy it to sdxl_probe/toy/weights/ to ship it")
+
+
+@toy_app.command("evaluate")
+def evaluate(
+    out: Path = typer.Option(Path("reports/toy-eval"), "--out", help="Folder for evaluate.json and PNG grids."),
+    model: str = typer.Option("toy", "--model", help='"toy" or a diffusers folder / SDXL-architecture file.'),
+    n_prompts: int = typer.Option(212, "--n-prompts", help="Size of the fixed prompt set (>= 200 for the bars)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the prompt set, the noise and the attention images."),
+    steps: int = typer.Option(20, "--steps", help="Euler steps per image."),
+    cfg: float = typer.Option(5.0, "--cfg", help="Guidance scale."),
+    n_attention: int = typer.Option(64, "--n-attention", help="Training images for the attention IoU check."),
+) -> None:
+    """Score a model on the toy world with the judge and print every acceptance figure."""
+    import torch
+
+    from sdxl_probe.models.load import load_components
+    from sdxl_probe.toy.evaluate import evaluate_model
+    from sdxl_probe.toy.evaluate_report import write_outputs
+
+    components = load_components(model, dtype=torch.float32)
+    result, images, prompts = evaluate_model(components, n_prompts=n_prompts, seed=seed, steps=steps, cfg=cfg,
+                                             n_attention=n_attention, log=typer.echo)
+    write_outputs(out, result, images, prompts)
+    typer.echo(f"toy model evaluation of {result.model}" if result.is_toy else f"evaluation of {result.model}")
+    for name, value, verdict in result.acceptance():
+        typer.echo(f"  {name:24s} {value:6.3f}  {verdict}")
+    typer.echo(f"wrote {out}/evaluate.json and grids")

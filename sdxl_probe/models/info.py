@@ -102,25 +102,32 @@ def pickle_info(path: Path, allow_pickle: bool) -> ModelInfo:
     )
 
 
-def folder_info(folder: Path, kind: str | None = None) -> ModelInfo:
-    """Summary of a diffusers folder from its configs and its safetensors headers."""
-    check_folder(folder)
+def folder_info(folder: Path, kind: str | None = None, allow_pickle: bool = False) -> ModelInfo:
+    """Summary of a diffusers folder from its configs and weight-file headers (``.bin`` only if allowed)."""
+    check_folder(folder, allow_pickle)
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     components = []
     for name in MODEL_NAMES:
-        params, dtypes = 0, set()
-        for file in sorted((folder / name).glob("*.safetensors")):
-            for t in read_header(file).tensors.values():
-                params += t.numel
-                dtypes.add(_dtype_name(t.dtype))
-        components.append(ComponentInfo(name, CLASSES[name], params, sorted(dtypes)))
-    return ModelInfo(
-        str(folder),
-        "diffusers folder",
-        _folder_architecture(folder),
-        kind or index.get("_sdxl_probe_kind", "sdxl"),
-        components,
-    )
+        entries = _folder_weights(folder / name)
+        dtypes = sorted({dtype for dtype, _ in entries})
+        components.append(ComponentInfo(name, CLASSES[name], sum(n for _, n in entries), dtypes))
+    kind = kind or index.get("_sdxl_probe_kind", "sdxl")
+    return ModelInfo(str(folder), "diffusers folder", _folder_architecture(folder), kind, components)
+
+
+def _folder_weights(sub: Path) -> list[tuple[str, int]]:
+    """(dtype name, numel) of every tensor in a component folder's weight files."""
+    files = sorted(sub.glob("*.safetensors"))
+    if files:
+        return [(_dtype_name(t.dtype), t.numel) for f in files for t in read_header(f).tensors.values()]
+    import torch
+
+    tensors = [
+        v
+        for f in sorted(sub.glob("*.bin"))
+        for v in torch.load(f, map_location="cpu", weights_only=True).values()
+    ]
+    return [(str(t.dtype).removeprefix("torch."), t.numel()) for t in tensors]
 
 
 def _folder_architecture(folder: Path) -> str:
@@ -146,7 +153,7 @@ def model_info(source: str, allow_pickle: bool = False) -> ModelInfo:
         return folder_info(preset_folder(source), kind="toy")
     path = Path(source).expanduser()
     if path.is_dir():
-        return folder_info(path)
+        return folder_info(path, allow_pickle=allow_pickle)
     if not path.is_file():
         raise ModelLoadError(
             f"{source}: no such file or folder; expected an SDXL .safetensors file, a diffusers folder or a preset ({', '.join(PRESETS)})"

@@ -30,8 +30,8 @@ class _HeaderSource:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return self.header.shapes()
 
-    def read(self, keys, dtype):
-        return read_tensors(self.header, keys, dtype)
+    def read(self, keys, dtype, mmap=False):
+        return read_tensors(self.header, keys, dtype, mmap=mmap)
 
 
 class _DictSource:
@@ -43,7 +43,7 @@ class _DictSource:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in self.state.items()}
 
-    def read(self, keys, dtype):
+    def read(self, keys, dtype, mmap=False):
         out = {}
         for k in keys:  # pop: the source gives up each tensor as the model takes it
             t = self.state.pop(k)

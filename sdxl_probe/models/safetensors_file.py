@@ -5,9 +5,10 @@ N bytes of JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__me
 then the data section; offsets are relative to the data section.
 
 Reading validates the header against the file size before any tensor is touched, so a
-truncated download or a corrupt file gives a clear :class:`ModelLoadError`. Tensors are read
-with plain ``readinto`` into fresh buffers (no memory map), one at a time, so a loader holds
-each weight exactly once and page-cache pages never count in its resident memory.
+truncated download or a corrupt file gives a clear :class:`ModelLoadError`. Tensors are either
+zero-copy views of a private memory map (fast; pages load on first use) or read with plain
+``readinto`` into fresh tensors, one at a time (when a cast is needed, or on request), so a
+loader holds each weight exactly once.
 Writing streams tensors one at a time, so a multi-GB file never needs a second copy in memory.
 """
 
@@ -135,38 +136,60 @@ def _check_data_size(path: Path, tensors: Mapping[str, TensorInfo], data_size: i
 
 
 def read_tensors(
-    header: SafetensorsHeader, keys: Iterable[str], dtype: torch.dtype | None = None
+    header: SafetensorsHeader, keys: Iterable[str], dtype: torch.dtype | None = None, *, mmap: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Read ``keys`` into fresh CPU tensors (no memory map), casting each to ``dtype`` if given.
+    """Read ``keys`` as CPU tensors, casting floating-point ones to ``dtype`` if given.
 
-    Each tensor is cast right after it is read, so peak memory is the result plus one tensor.
+    Args:
+        header: the validated header of the file.
+        keys: tensor names to read.
+        dtype: target dtype of floating-point tensors; None keeps the stored dtype.
+        mmap: return zero-copy views of a private memory map (pages load on first use, like
+            diffusers) for tensors needing no cast; others are copied into fresh memory.
+            Each cast happens right after its read, so peak memory is the result plus one tensor.
     """
     import torch
 
     keys = sorted(keys, key=lambda k: header.tensors[k].begin)
+    mapped = _mapped_bytes(header) if mmap else None
     out: dict[str, torch.Tensor] = {}
     with header.path.open("rb") as f:
         for key in keys:
             info = header.tensors[key]
-            torch_dtype = getattr(torch, DTYPES[info.dtype][0])
-            tensor = _read_one(f, header.data_start + info.begin, info, torch_dtype)
-            out[key] = tensor if dtype is None or not tensor.is_floating_point() else tensor.to(dtype)
+            stored = getattr(torch, DTYPES[info.dtype][0])
+            cast = dtype is not None and stored.is_floating_point and stored != dtype
+            start = header.data_start + info.begin
+            if mapped is not None and not cast and start % DTYPES[info.dtype][1] == 0:
+                out[key] = mapped[start : header.data_start + info.end].view(stored).reshape(info.shape)
+                continue
+            tensor = _read_one(f, start, info, stored)
+            out[key] = tensor.to(dtype) if cast else tensor
     return out
 
 
-def _read_one(f, offset: int, info: TensorInfo, torch_dtype: torch.dtype) -> torch.Tensor:
+def _mapped_bytes(header: SafetensorsHeader) -> torch.Tensor:
+    """The whole file as a uint8 tensor over a private (copy-on-write) memory map."""
     import torch
 
+    size = header.path.stat().st_size
+    storage = torch.UntypedStorage.from_file(str(header.path), shared=False, nbytes=size)
+    return torch.empty(0, dtype=torch.uint8).set_(storage)
+
+
+def _read_one(f, offset: int, info: TensorInfo, torch_dtype: torch.dtype) -> torch.Tensor:
+    """Read one tensor straight into uninitialised memory (no zero-fill pass, no second copy)."""
+    import torch
+
+    tensor = torch.empty(info.shape, dtype=torch_dtype)
     nbytes = info.end - info.begin
     if nbytes == 0:
-        return torch.empty(info.shape, dtype=torch_dtype)
-    buf = bytearray(nbytes)
+        return tensor
     f.seek(offset)
-    if f.readinto(buf) != nbytes:
+    if f.readinto(memoryview(tensor.reshape(-1).view(torch.uint8).numpy())) != nbytes:
         raise ModelLoadError(
             f"{f.name}: file ended while reading a tensor; the file is truncated: fetch it again"
         )
-    return torch.frombuffer(buf, dtype=torch_dtype).reshape(info.shape)
+    return tensor
 
 
 @dataclass(frozen=True)

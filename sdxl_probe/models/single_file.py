@@ -1,8 +1,10 @@
 """SAI/ldm single-file SDXL checkpoints: load (via diffusers' converters) and save.
 
-Loading reads one component's tensors at a time, converts their names with diffusers'
-``single_file_utils`` converters, and assigns them into a module built on the meta device,
-so every weight is held once (peak memory ~ the file size plus one component's transients).
+Loading takes one component's tensors at a time (zero-copy views of a private memory map,
+or fresh copies where a cast or diffusers' q/k/v split needs them), converts their names with
+diffusers' ``single_file_utils`` converters, and assigns them into a module built on the meta
+device, so every weight is held once: peak memory is about the file size (1.12 x on a
+full-size SDXL file, diffusers 1.17 x; ``benchmarks/bench_load.py --full-size``).
 
 Files written by :func:`save_single_file` carry their component configs as JSON in the
 safetensors metadata (``sdxl_probe.configs``), so tiny and toy files load with their own
@@ -36,7 +38,8 @@ class TensorSource(Protocol):
 
     def shapes(self) -> dict[str, tuple[int, ...]]: ...
 
-    def read(self, keys: list[str], dtype: torch.dtype | None) -> dict[str, torch.Tensor]: ...
+    def read(self, keys: list[str], dtype: torch.dtype | None, mmap: bool = False) -> dict[str, torch.Tensor]:
+        """Tensors by key; ``mmap`` allows zero-copy memory-mapped views where no cast is needed."""
 
 
 def component_configs(components: SDXLComponents) -> dict[str, dict[str, Any]]:
@@ -158,7 +161,10 @@ def _load_component(
     source: TensorSource, component: str, config: dict[str, Any], name: str, dtype
 ) -> torch.nn.Module:
     prefix = SAI_PREFIXES[component]
-    raw = source.read([k for k in source.shapes() if k.startswith(prefix)], dtype)
+    # TE2's converter copies the fused q/k/v apart: mapped pages would stay resident beside the
+    # copies, so TE2 is read into fresh memory; the other converters only rename or take views.
+    keys = [k for k in source.shapes() if k.startswith(prefix)]
+    raw = source.read(keys, dtype, mmap=component != "text_encoder_2")
     state = _CONVERTERS[component](raw, config)
     del raw
     model = _empty_model(component, config)

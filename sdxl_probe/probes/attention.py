@@ -276,3 +276,21 @@ def write_outputs(result: AttentionResult, out: str | Path) -> str:
     page = render_report(out)
     toy = " (toy model)" if result.is_toy else ""
     return f"wrote {out / 'attention.json'}, {out / 'attention_maps.safetensors'}, {len(overlays)} overlay grid(s), {page}{toy}"
+
+
+def mask_ious(
+    result: AttentionResult,
+    condition: int,
+    caption: int,
+    masks: dict[str, np.ndarray],
+    tau: float = metrics.DAAM_TAU,
+) -> dict[str, float]:
+    """IoU of each word's map with its ground-truth mask (DAAM: min-max, threshold ``tau``).
+
+    Args:
+        result: an attention result.
+        condition, caption: indices into ``result.conditions`` and ``result.captions``.
+        masks: word -> (H, W) bool mask, e.g. the toy world's object masks.
+    """
+    return {word: metrics.mask_iou(word_map(result, condition, caption, word), torch.from_numpy(np.asarray(mask)), tau)
+            for word, mask in masks.items()}  # fmt: skip

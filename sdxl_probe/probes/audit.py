@@ -18,9 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_probe.datasets import CaptionRecord, Dataset, Subset
-from sdxl_probe.errors import DatasetError
+from sdxl_probe.errors import ConfigError, DatasetError
 from sdxl_probe.io import atomic_path, write_json
-from sdxl_probe.probes.audit_caption import CachedEncoder, CaptionAudit, audit_caption, audit_tag_layout, tag_layout
+from sdxl_probe.probes.audit_caption import (
+    CachedEncoder,
+    CaptionAudit,
+    audit_caption,
+    audit_tag_layout,
+    tag_layout,
+)
 from sdxl_probe.probes.audit_shuffle import cut_probabilities, split_tags, tag_token_lengths
 from sdxl_probe.probes.audit_stats import POOLED_LIMIT, AuditAggregator
 from sdxl_probe.probes.audit_summary import summarize
@@ -35,9 +41,15 @@ CSV_COLUMNS = (
     *(f"cut_{limit}" for limit in LIMITS), *(f"lost_tags_{limit}" for limit in LIMITS),
     "pooled_blind_tags", "trigger_pos", "kept_end_pos", "style", "caption",
 )  # fmt: skip
-# Options whose effect the tag-length model in audit_shuffle covers; any other active option
-# (tag dropout, keep_tokens_separator, warmup, wildcards) is simulated through process_caption.
-_SIMPLE_SHUFFLE_OFF = ("keep_tokens_separator", "caption_tag_dropout_rate", "token_warmup_step", "enable_wildcard")
+# Options the tag-length model in audit_shuffle does not cover: when one is active, shuffles are
+# simulated through process_caption instead (tag dropout, separators, warmup, wildcards).
+_SIMPLE_SHUFFLE_OFF = (
+    "keep_tokens_separator",
+    "secondary_separator",
+    "caption_tag_dropout_rate",
+    "token_warmup_step",
+    "enable_wildcard",
+)
 
 
 @dataclasses.dataclass
@@ -62,7 +74,9 @@ class AuditSettings:
 
     def __post_init__(self) -> None:
         if self.max_token_length not in (None, *LIMITS):
-            raise ValueError(f"max_token_length must be one of 75, 150, 225 (got {self.max_token_length})")
+            raise ConfigError(
+                f"max_token_length={self.max_token_length} is not supported; use 75, 150 or 225 (sd-scripts' values)"
+            )
 
     @property
     def limit(self) -> int:
@@ -103,7 +117,9 @@ def caption_options(subset: Subset) -> CaptionOptions:
     return CaptionOptions(**{k: v for k, v in subset.caption_options.items() if k in names})
 
 
-def run_audit(dataset: Dataset, out_dir: str | Path, settings: AuditSettings, *, name: str, header: dict) -> AuditResult:
+def run_audit(
+    dataset: Dataset, out_dir: str | Path, settings: AuditSettings, *, name: str, header: dict
+) -> AuditResult:
     """Audit every caption of ``dataset``; stream ``audit.csv`` and save ``audit.json`` in ``out_dir``.
 
     Raises:
@@ -127,7 +143,11 @@ def run_audit(dataset: Dataset, out_dir: str | Path, settings: AuditSettings, *,
     result = AuditResult(
         name=name,
         header=header,
-        dataset={"path": str(dataset.path), "format": dataset.format, "subsets": [_subset_info(s) for s in dataset.subsets]},
+        dataset={
+            "path": str(dataset.path),
+            "format": dataset.format,
+            "subsets": [_subset_info(s) for s in dataset.subsets],
+        },
         settings=dataclasses.asdict(settings) | {"limit": settings.limit, "limits": list(LIMITS)},
         n_captions=agg.n_captions,
         stats=stats,
@@ -159,7 +179,7 @@ class _RunContext:
         opts = self.options(record.subset)
         text = fixed_caption(record.caption, opts, self.prng)
         sep, trigger = opts.caption_separator, self.settings.trigger
-        lay = None if self.settings.weighted else tag_layout(text, sep, self.encode, self.encode.uncached)
+        lay = None if self.settings.weighted else tag_layout(text, sep, self.encode)
         if lay is not None:
             a = audit_tag_layout(text, lay, limits=LIMITS, trigger=trigger, keep_tokens=opts.keep_tokens,
                                  separator=sep, encode=self.encode)  # fmt: skip
@@ -170,10 +190,12 @@ class _RunContext:
         where = record.caption_file or record.image or f"row {self.row}"
         agg.add(a, caption=text, where=where, subset=record.subset.name, tag_text=record.tag_text,
                 source=record.source, separator=sep, has_trigger=bool(trigger))  # fmt: skip
-        self.add_shuffle(record, text, a, opts, lay, agg)
+        self.add_shuffle(record, text, a, opts, agg)
         return csv_row(self.row, record, text, a)
 
-    def add_shuffle(self, record: CaptionRecord, text: str, a: CaptionAudit, opts: CaptionOptions, lay, agg) -> None:
+    def add_shuffle(
+        self, record: CaptionRecord, text: str, a: CaptionAudit, opts: CaptionOptions, agg
+    ) -> None:
         """Per-tag cut probabilities at each shuffle limit (see :mod:`audit_shuffle` for the method)."""
         if not opts.shuffle_caption:
             for limit in agg.shuffle_limits:
@@ -187,12 +209,16 @@ class _RunContext:
         n = self.settings.shuffle_samples
         for limit in agg.shuffle_limits:
             if additive is not None:
-                probs, exact = cut_probabilities(additive[0], opts.keep_tokens, limit, self.rng, n, additive[1])
+                probs, exact = cut_probabilities(
+                    additive[0], opts.keep_tokens, limit, self.rng, n, additive[1]
+                )
             else:
                 probs, exact = self.pipeline_probabilities(record.caption, tags, opts, limit), False
             agg.add_shuffle(limit, tags, probs, exact)
 
-    def pipeline_probabilities(self, caption: str, tags: list[str], opts: CaptionOptions, limit: int) -> list[float]:
+    def pipeline_probabilities(
+        self, caption: str, tags: list[str], opts: CaptionOptions, limit: int
+    ) -> list[float]:
         """Monte Carlo through sd-scripts' own caption pipeline (process_caption), by tag text."""
         self.pipeline_captions += 1
         hits: dict[str, int] = {}
@@ -225,7 +251,9 @@ def fixed_caption(caption: str, opts: CaptionOptions, prng: random.Random) -> st
 
 def csv_row(row: int, record: CaptionRecord, text: str, a: CaptionAudit) -> list[Any]:
     """One ``audit.csv`` row (list cells are JSON arrays)."""
-    blind = [t for t, first in zip(a.tags, a.tag_first) if first is not None and first > POOLED_LIMIT]
+    blind = [
+        t for t, first in zip(a.tags, a.tag_first, strict=True) if first is not None and first > POOLED_LIMIT
+    ]
     return [
         row, record.subset.name, record.image or "", record.caption_file or "", record.source, int(record.non_utf8),
         len(a.tags), a.n_tokens["te1"], a.n_tokens["te2"],

@@ -8,8 +8,10 @@ built from the first chunk only, never sees it).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 
+from sdxl_probe.text.bpe import is_plain
 from sdxl_probe.text.tokens import TokenizedCaption, chunk_layout, split_tags
 
 SENTENCE_MIN_WORDS = 5
@@ -127,13 +129,14 @@ class TagLayout:
     """A caption whose ids are exactly its tags' ids joined by the separator's ids.
 
     Attributes:
-        tags: ``(text stripped, start, end)`` per tag (``text.tokens.split_tags``).
+        tags: tag texts (caption split on the separator, stripped), empty ones included.
         lengths: token count of each tag.
+        sep_tokens: token count of the separator.
         first / last: context position of each tag's first / last token (None: no tokens).
         n_tokens: caption token count (no BOS/EOS).
     """
 
-    tags: list[tuple[str, int, int]]
+    tags: list[str]
     lengths: list[int]
     sep_tokens: int
     first: list[int | None]
@@ -141,41 +144,50 @@ class TagLayout:
     n_tokens: int
 
 
-def tag_layout(caption: str, separator: str, encode, encode_caption=None) -> TagLayout | None:
+def tag_layout(caption: str, separator: str, encoder: CachedEncoder) -> TagLayout | None:
     """Token positions of every tag from cached per-tag encodes, or None when not exact.
 
-    CLIP BPE never merges across whitespace, so a caption's ids are usually its tags' ids joined
-    by the separator's ids. This builds the layout from ``encode(tag)`` (word-cached, fast) and
-    returns it only if that concatenation equals ``encode(caption)`` id for id; otherwise the
-    caller falls back to ``tokenize_caption`` + ``chunk_layout``. Tests check both paths agree.
-
-    Args:
-        encode: ``ClipBPE.encode`` (str -> ids, no BOS/EOS), possibly cached per tag.
-        encode_caption: encoder for the whole caption (default ``encode``); pass an uncached one
-            so that unique captions do not fill a tag cache.
+    CLIP BPE encodes whitespace-separated words independently and splits words into pieces by
+    character class, so a caption's ids are its tags' ids joined by the separator's ids unless a
+    tag merges with a separator glued to it (``"smile!,"``). For plain text with no empty tag it
+    is enough that every tag encodes the same with the separator glued on either side (checked
+    once per distinct tag, see :meth:`CachedEncoder.tag_entry`); otherwise the joined ids are
+    compared with the caption's own ids. None sends the caller to ``tokenize_caption`` +
+    ``chunk_layout``; tests check that both paths agree.
     """
-    tags, _ = split_tags(caption, separator)
-    sep_ids = encode(separator)
-    joined: list[int] = []
-    lengths, first, last = [], [], []
-    for i, (text, _, _) in enumerate(tags):
-        if i:
-            joined += sep_ids
-        ids = encode(text)
-        lengths.append(len(ids))
-        first.append(len(joined) + 1 if ids else None)
-        joined += ids
-        last.append(len(joined) if ids else None)
-    if joined != (encode_caption or encode)(caption):
-        return None
-    return TagLayout(tags, lengths, len(sep_ids), first, last, len(joined))
+    tags = [piece.strip() for piece in caption.split(separator)]
+    table = encoder.tag_table(separator)
+    n_sep = table["\0sep"][0]
+    entries = [table.get(tag) or encoder.tag_entry(tag, separator) for tag in tags]
+    lengths = [n for n, _ in entries]
+    clean = all(ok and n for n, ok in entries)
+    last_all = [end - n_sep for end in itertools.accumulate(n + n_sep for n in lengths)]  # end of each tag
+    first = [lst - n + 1 if n else None for lst, n in zip(last_all, lengths, strict=True)]
+    last = [lst if n else None for lst, n in zip(last_all, lengths, strict=True)]
+    pos = last_all[-1] if last_all else 0
+    if not (clean and is_plain(caption)):
+        sep_ids = encoder(separator)
+        joined = [i for k, tag in enumerate(tags) for i in (sep_ids if k else []) + encoder(tag)]
+        if joined != encoder.uncached(caption):
+            return None
+    return TagLayout(tags, lengths, n_sep, first, last, pos)
 
 
 def audit_tag_layout(
-    caption: str, lay: TagLayout, *, limits: tuple[int, ...], trigger: str | None, keep_tokens: int, separator: str, encode
+    caption: str,
+    lay: TagLayout,
+    *,
+    limits: tuple[int, ...],
+    trigger: str | None,
+    keep_tokens: int,
+    separator: str,
+    encode,
 ) -> CaptionAudit:
     """:func:`audit_caption` for a caption with an exact :class:`TagLayout` (same result, no spans needed)."""
-    lost = {limit: [t[0] for t, last in zip(lay.tags, lay.last) if last is not None and last > limit] for limit in limits}
+    lost = {
+        limit: [t for t, last in zip(lay.tags, lay.last, strict=True) if last is not None and last > limit]
+        for limit in limits
+    }
     kept_end = None
     if keep_tokens > 0 and lay.tags:
         kept = [p for p in lay.last[:keep_tokens] if p is not None]
@@ -183,22 +195,23 @@ def audit_tag_layout(
     return CaptionAudit(
         n_tokens={"te1": lay.n_tokens, "te2": lay.n_tokens},
         lost=lost,
-        tags=[t[0] for t in lay.tags],
+        tags=lay.tags,
         tag_first=lay.first,
         tag_last=lay.last,
-        trigger_pos=_layout_trigger(caption, lay, trigger, encode),
+        trigger_pos=_layout_trigger(caption, lay, trigger, encode, separator),
         kept_end=kept_end,
         style=caption_style(caption, separator),
     )
 
 
-def _layout_trigger(caption: str, lay: TagLayout, trigger: str | None, encode) -> int | None:
+def _layout_trigger(caption: str, lay: TagLayout, trigger: str | None, encode, separator: str) -> int | None:
     if not trigger:
         return None
     match = re.search(rf"(?<!\w){re.escape(trigger)}(?!\w)", caption, re.IGNORECASE)
     if match is None:
         return None
-    for (text, start, end), first in zip(lay.tags, lay.first):
+    spans, _ = split_tags(caption, separator)
+    for (_, start, end), first in zip(spans, lay.first, strict=True):
         if start <= match.start() < end and first is not None:
             return first + len(encode(caption[start : match.start()]))
     return None
@@ -207,7 +220,7 @@ def _layout_trigger(caption: str, lay: TagLayout, trigger: str | None, encode) -
 class CachedEncoder:
     """``ClipBPE.encode`` behind a bounded per-text cache: dataset tags repeat massively.
 
-    The cache is cleared when it reaches ``max_entries``, so memory stays bounded on a
+    The caches are cleared when they reach ``max_entries``, so memory stays bounded on a
     1M-caption stream. Returned lists are shared: callers must not mutate them.
     """
 
@@ -216,7 +229,26 @@ class CachedEncoder:
 
         self.uncached = get_bpe().encode
         self._cache: dict[str, list[int]] = {}
+        self._tables: dict[str, dict[str, tuple[int, bool]]] = {}
         self.max_entries = max_entries
+
+    def tag_table(self, separator: str) -> dict[str, tuple[int, bool]]:
+        """tag -> (token count, glues cleanly to ``separator``), filled by :meth:`tag_entry`."""
+        table = self._tables.get(separator)
+        if table is None:
+            table = self._tables[separator] = {"\0sep": (len(self(separator)), False)}
+        return table
+
+    def tag_entry(self, tag: str, separator: str) -> tuple[int, bool]:
+        """Encode ``tag`` alone and check ``encode(tag + sep)`` / ``encode(sep + tag)`` split cleanly."""
+        table = self.tag_table(separator)
+        if len(table) >= self.max_entries:
+            table.clear()
+            table["\0sep"] = (len(self(separator)), False)
+        ids, sep = self(tag), self(separator)
+        ok = self.uncached(tag + separator) == ids + sep and self.uncached(separator + tag) == sep + ids
+        table[tag] = (len(ids), ok)
+        return table[tag]
 
     def __call__(self, text: str) -> list[int]:
         ids = self._cache.get(text)

@@ -17,6 +17,7 @@ ISSUE_TITLES = {
     "caption_without_image": "captions without an image",
     "ignored_folder": "folders ignored (not N_name)",
     "empty_subset": "subsets without images",
+    "bad_row": "caption list rows skipped",
 }
 
 
@@ -37,7 +38,9 @@ def audit_figures(result: AuditResult) -> dict[str, Any]:
     figs = {"hist_te1": count_histogram(te1, limits=limits, title="TE1 tokens per caption (CLIP ViT-L BPE)")}
     te2 = _counts(s["histograms"]["te2"])
     if te2 != te1:
-        figs["hist_te2"] = count_histogram(te2, limits=limits, title="TE2 tokens per caption (OpenCLIP bigG BPE)")
+        figs["hist_te2"] = count_histogram(
+            te2, limits=limits, title="TE2 tokens per caption (OpenCLIP bigG BPE)"
+        )
     lost = s["lost_tags"][str(limit)][:25]
     if lost:
         figs["lost"] = horizontal_bars([t for t, _ in lost], [c for _, c in lost],

@@ -64,7 +64,12 @@ def _all_orders(m: int) -> np.ndarray:
 
 
 def cut_probabilities(
-    lengths: list[int], n_keep: int, limit: int, rng: np.random.Generator | None, samples: int, sep_tokens: int = 1
+    lengths: list[int],
+    n_keep: int,
+    limit: int,
+    rng: np.random.Generator | None,
+    samples: int,
+    sep_tokens: int = 1,
 ) -> tuple[list[float], bool]:
     """Probability, per tag (written order), that the tag ends past caption token ``limit``.
 

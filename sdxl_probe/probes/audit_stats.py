@@ -28,7 +28,7 @@ class ShuffleTally:
     occurrences: Counter = dataclasses.field(default_factory=Counter)
 
     def add(self, tags: list[str], probs: list[float]) -> None:
-        for tag, p in zip(tags, probs):
+        for tag, p in zip(tags, probs, strict=True):
             key = tag.lower()
             self.occurrences[key] += 1
             if p:
@@ -67,8 +67,18 @@ class AuditAggregator:
         self.lost = {limit: Counter() for limit in self.limits}
         self.shuffle = {limit: ShuffleTally() for limit in self.shuffle_limits}
 
-    def add(self, a: CaptionAudit, *, caption: str, where: str, subset: str, tag_text: str, source: str,
-            separator: str, has_trigger: bool) -> None:
+    def add(
+        self,
+        a: CaptionAudit,
+        *,
+        caption: str,
+        where: str,
+        subset: str,
+        tag_text: str,
+        source: str,
+        separator: str,
+        has_trigger: bool,
+    ) -> None:
         """Count one caption (``where``: its file or image path, for examples)."""
         self.n_captions += 1
         self.sources[source] += 1
@@ -99,7 +109,7 @@ class AuditAggregator:
         # ss_tag_frequency: raw caption split on ",", stripped, lowercased, per dir (sd-scripts set_tag_frequency).
         freq = self.tag_frequency.setdefault(subset, Counter())
         freq.update(t.strip().lower() for t in tag_text.split(",") if t.strip())
-        for tag, first, last in zip(a.tags, a.tag_first, a.tag_last):
+        for tag, first, last in zip(a.tags, a.tag_first, a.tag_last, strict=True):
             if not tag or first is None:
                 continue
             key = tag.lower()

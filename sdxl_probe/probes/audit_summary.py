@@ -17,7 +17,10 @@ def summarize(agg: AuditAggregator, issues: IssueLog, settings: Any, extra: dict
         "sources": dict(agg.sources),
         "te_mismatch": agg.te_mismatch,
         "histograms": {enc: _int_keyed(h) for enc, h in agg.hist.items()},
-        "cut": {str(lim): {"count": agg.cut[lim], "fraction": agg.cut[lim] / n if n else 0.0} for lim in agg.limits},
+        "cut": {
+            str(lim): {"count": agg.cut[lim], "fraction": agg.cut[lim] / n if n else 0.0}
+            for lim in agg.limits
+        },
         "lost_tags": {str(lim): agg.lost[lim].most_common(k) for lim in agg.limits},
         "tag_frequency": {d: dict(c.most_common()) for d, c in agg.tag_frequency.items()},
         "pooled_blind": _pooled_blind(agg, k),
@@ -33,10 +36,14 @@ def summarize(agg: AuditAggregator, issues: IssueLog, settings: Any, extra: dict
         "empty": {"count": agg.styles.get("empty", 0), "examples": agg.empty_examples},
         "issues": issues.to_dict(),
         "trigger": _trigger(agg, settings),
-        "kept": {"ends": _int_keyed(agg.kept_end), "past_pooled": sum(v for p, v in agg.kept_end.items() if p > POOLED_LIMIT)},
+        "kept": {
+            "ends": _int_keyed(agg.kept_end),
+            "past_pooled": sum(v for p, v in agg.kept_end.items() if p > POOLED_LIMIT),
+        },
         "shuffle": _shuffle(agg, settings, extra),
         "longest": [
-            {"n_tokens": t, "row": -neg_row, "caption": c, "where": w} for t, neg_row, c, w in sorted(agg.longest, reverse=True)
+            {"n_tokens": t, "row": -neg_row, "caption": c, "where": w}
+            for t, neg_row, c, w in sorted(agg.longest, reverse=True)
         ],
     }
 
@@ -73,7 +80,12 @@ def _shuffle(agg: AuditAggregator, settings: Any, extra: dict[str, Any]) -> dict
     tables = {}
     for limit, tally in agg.shuffle.items():
         rows = [
-            {"tag": tag, "occurrences": occ, "expected_cut": tally.prob_sum[tag], "mean_prob": tally.prob_sum[tag] / occ}
+            {
+                "tag": tag,
+                "occurrences": occ,
+                "expected_cut": tally.prob_sum[tag],
+                "mean_prob": tally.prob_sum[tag] / occ,
+            }
             for tag, occ in tally.occurrences.items()
             if tally.prob_sum[tag] > 0
         ]

@@ -200,6 +200,7 @@ def run_embed(
     tags = encode([p.tags for p in pairs], main)
     sentences = encode([p.sentence for p in pairs], main)
     t_pairs = time.perf_counter() - t0
+    _check_tokens(pairs, tags, sentences)
     measured = em.measure_pairs(pairs, tags, sentences, seed=settings.seed, matrix_size=settings.matrix_size)
     log("sensitivity analyses")
     samples = em.run_sensitivity(
@@ -226,6 +227,18 @@ def run_embed(
 
     result.summary = plain_summary(result)
     return result
+
+
+def _check_tokens(
+    pairs: Sequence[CaptionPair], tags: Sequence[Encoded], sentences: Sequence[Encoded]
+) -> None:
+    for pair, a, b in zip(pairs, tags, sentences, strict=True):
+        for enc in (a, b):
+            if not enc.tokenized.tokens:
+                raise ProbeError(
+                    f"{pair.source or 'pair'}: caption {enc.caption!r} has no CLIP token; "
+                    "give it some text or remove the pair"
+                )
 
 
 def seeded_sample(n: int, k: int, seed: int) -> list[int]:

@@ -33,11 +33,14 @@ def gather_pairs(
     log: Callable[[str], None] = lambda _: None,
 ) -> tuple[list[CaptionPair], str]:
     """Read the caption pairs from exactly one kind of input; return them and a label for the report."""
-    given = [
-        name
-        for name, v in (("--pair", pair), ("--csv", csv), ("--tags-list", tags_list), ("--dataset", dataset))
-        if v
-    ]
+    sources = (
+        ("--pair", pair),
+        ("--csv", csv),
+        ("--tags-list", tags_list),
+        ("--dataset", dataset),
+        ("--toy-pairs", toy),
+    )
+    given = [name for name, value in sources if value]
     if sentences_list and not tags_list:
         given.append("--sentences-list")
     if len(given) != 1:

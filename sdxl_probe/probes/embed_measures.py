@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from sdxl_probe.encoding_cache import Encoded, EncodeSettings
 from sdxl_probe.probes import embed_sensitivity as sens
@@ -20,11 +20,13 @@ from sdxl_probe.probes.embed_metrics import (
     METRICS,
     TOKEN_VIEWS,
     VIEWS,
+    as_array,
     best_match_similarity,
     content_positions,
     cosine,
     derangement,
     mean_pool,
+    normalize_rows,
     shared_word_positions,
     style_effect,
     summarize,
@@ -53,13 +55,13 @@ def pair_values(a: Encoded, b: Encoded) -> tuple[dict[str, float | None], int]:
         if view == "pooled":
             values["pooled.cos"] = cosine(a.pooled, b.pooled)
             continue
-        sa, sb = sens.view_states(a, view), sens.view_states(b, view)
+        sa, sb = as_array(sens.view_states(a, view)), as_array(sens.view_states(b, view))
         pa, pb = content_positions(_layout(a, view)), content_positions(_layout(b, view))
         shared = shared_word_positions(a.tokenized, _layout(a, view), b.tokenized, _layout(b, view))
         n_shared = max(n_shared, len(shared))
         values[f"{view}.cos"] = cosine(mean_pool(sa, pa), mean_pool(sb, pb))
         values[f"{view}.word"] = word_aligned_similarity(sa, sb, shared)
-        values[f"{view}.set"] = best_match_similarity(sa.double()[pa], sb.double()[pb])
+        values[f"{view}.set"] = best_match_similarity(sa[pa], sb[pb])
     return values, n_shared
 
 
@@ -79,16 +81,16 @@ def aggregate(rows: Sequence[dict[str, float | None]], seed: int) -> dict[str, d
     return out
 
 
-def pooled_matrix(tags: Sequence[Encoded], sentences: Sequence[Encoded], view: str) -> torch.Tensor:
+def pooled_matrix(tags: Sequence[Encoded], sentences: Sequence[Encoded], view: str) -> np.ndarray:
     """``(n, n)`` cosine matrix of mean-pooled states (or pooled vectors): tags x sentences."""
 
-    def vec(e: Encoded) -> torch.Tensor:
+    def vec(e: Encoded) -> np.ndarray:
         if view == "pooled":
-            return e.pooled.double()
+            return as_array(e.pooled)
         return mean_pool(sens.view_states(e, view), content_positions(_layout(e, view)))
 
-    a = torch.nn.functional.normalize(torch.stack([vec(e) for e in tags]), dim=-1)
-    b = torch.nn.functional.normalize(torch.stack([vec(e) for e in sentences]), dim=-1)
+    a = normalize_rows(np.stack([vec(e) for e in tags]))
+    b = normalize_rows(np.stack([vec(e) for e in sentences]))
     return a @ b.T
 
 
@@ -121,20 +123,15 @@ def measure_pairs(
             }
         )
     unrelated = unrelated_rows(tags, sentences, seed=seed)
-    effect = {
-        view: {
-            metric: style_effect(
-                _distances(rows, f"{view}.{metric}"), _distances(unrelated, f"{view}.{metric}")
-            )
-            for metric in agg
-        }
-        for view, agg in aggregate(rows[:1], seed).items()
-    }
+    effect: dict[str, dict[str, float | None]] = {}
+    for key in value_keys():
+        view, metric = key.split(".")
+        effect.setdefault(view, {})[metric] = style_effect(_distances(rows, key), _distances(unrelated, key))
     n = len(pairs)
     retrieval, matrices = {}, {}
     for view in VIEWS:
         mat = pooled_matrix(tags, sentences, view)
-        retrieval[view] = float((mat.argmax(dim=1) == torch.arange(n)).double().mean())
+        retrieval[view] = float((mat.argmax(axis=1) == np.arange(n)).mean())
         matrices[view] = [[round(float(x), 5) for x in row] for row in mat[:matrix_size, :matrix_size]]
     return {
         "pairs": rows,

@@ -9,6 +9,10 @@ chunking. BOS, EOS and padding are excluded. BOS is excluded because CLIP is cau
 its state is the same for every caption and would inflate every similarity; EOS is
 excluded because it summarises the caption rather than standing for a word, and the
 pooled vector already measures that summary.
+
+The math runs in float64 numpy: inputs may be torch tensors or arrays. The arrays are
+small (tens of tokens), and numpy keeps such work on one core, where torch's intra-op
+thread pool is many times slower on a busy machine.
 """
 
 from __future__ import annotations
@@ -20,29 +24,39 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+import numpy as np
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from sdxl_probe.text.tokens import ChunkLayout, TokenizedCaption
+
 
 TOKEN_VIEWS: tuple[str, ...] = ("te1", "te2", "context")
 VIEWS: tuple[str, ...] = ("te1", "te2", "pooled", "context")
 # "cos": cosine of mean-pooled content states (token views) or of the pooled vectors.
 # "word": word-aligned cosine over shared words. "set": symmetric mean best-match cosine.
 METRICS: tuple[str, ...] = ("cos", "word", "set")
+ROUNDING_FLOOR = 1e-12
 _WORD = re.compile(r"[^\W_]+")
 
 
-def cosine(a: Tensor, b: Tensor) -> float:
+def as_array(x: np.ndarray | Tensor) -> np.ndarray:
+    """A float64 numpy copy of a torch tensor (any device) or array."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def cosine(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> float:
     """Cosine similarity of two vectors ``(d,)``, computed in float64 and clamped to [-1, 1]."""
-    a, b = a.double().flatten(), b.double().flatten()
-    if torch.equal(a, b):
+    a, b = as_array(a).ravel(), as_array(b).ravel()
+    if np.array_equal(a, b):
         return 1.0  # exact, rather than 1 - 2e-16 from rounding (and defined for zero vectors)
-    denom = a.norm() * b.norm()
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
     if denom == 0:
         return 0.0
-    return float((a @ b / denom).clamp(-1.0, 1.0))
+    return float(np.clip(a @ b / denom, -1.0, 1.0))
 
 
 def content_positions(layout: ChunkLayout) -> list[int]:
@@ -50,7 +64,7 @@ def content_positions(layout: ChunkLayout) -> list[int]:
     return [p for p in layout.positions if p is not None]
 
 
-def mean_pool(states: Tensor, positions: Sequence[int]) -> Tensor:
+def mean_pool(states: np.ndarray | Tensor, positions: Sequence[int]) -> np.ndarray:
     """Mean of ``states[positions]``: ``(L, d)`` -> ``(d,)``, in float64.
 
     Raises:
@@ -58,10 +72,10 @@ def mean_pool(states: Tensor, positions: Sequence[int]) -> Tensor:
     """
     if len(positions) == 0:
         raise ValueError("no content tokens to pool")
-    return states.double()[list(positions)].mean(dim=0)
+    return as_array(states)[list(positions)].mean(axis=0)
 
 
-def best_match_similarity(a: Tensor, b: Tensor) -> float:
+def best_match_similarity(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> float:
     """Symmetric mean best-match cosine between token sets ``a (n, d)`` and ``b (m, d)``.
 
     Each token of ``a`` is matched to its most similar token of ``b`` and the best
@@ -71,12 +85,16 @@ def best_match_similarity(a: Tensor, b: Tensor) -> float:
     BERTScore (Zhang et al., 2020) without idf weights, with P and R averaged rather than
     combined harmonically.
     """
-    a = torch.nn.functional.normalize(a.double(), dim=-1)
-    b = torch.nn.functional.normalize(b.double(), dim=-1)
-    sim = a @ b.T  # (n, m)
-    precision = sim.max(dim=1).values.mean()
-    recall = sim.max(dim=0).values.mean()
-    return float(((precision + recall) / 2).clamp(-1.0, 1.0))
+    sim = normalize_rows(as_array(a)) @ normalize_rows(as_array(b)).T  # (n, m)
+    precision = sim.max(axis=1).mean()
+    recall = sim.max(axis=0).mean()
+    return float(np.clip((precision + recall) / 2, -1.0, 1.0))
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(norms == 0, 1.0, norms)
 
 
 def words(text: str) -> list[tuple[str, int, int]]:
@@ -121,7 +139,9 @@ def shared_word_positions(
 
 
 def word_aligned_similarity(
-    states_a: Tensor, states_b: Tensor, shared: dict[str, tuple[list[int], list[int]]]
+    states_a: np.ndarray | Tensor,
+    states_b: np.ndarray | Tensor,
+    shared: dict[str, tuple[list[int], list[int]]],
 ) -> float | None:
     """Mean over shared words of the cosine between the word's mean token state in a and in b.
 
@@ -151,12 +171,15 @@ class Drift:
     rel_l2: float
 
 
-def drift(a: Tensor, b: Tensor) -> Drift:
+def drift(a: np.ndarray | Tensor, b: np.ndarray | Tensor) -> Drift:
     """Drift from vector ``a`` to vector ``b`` (both ``(d,)``)."""
-    a64, b64 = a.double().flatten(), b.double().flatten()
-    norm = float(a64.norm())
-    rel = float((a64 - b64).norm()) / norm if norm > 0 else float((a64 - b64).norm())
-    return Drift(cos=max(0.0, 1.0 - cosine(a64, b64)), rel_l2=rel)
+    a64, b64 = as_array(a).ravel(), as_array(b).ravel()
+    norm = float(np.linalg.norm(a64))
+    diff = float(np.linalg.norm(a64 - b64))
+    rel = diff / norm if norm > 0 else diff
+    cos = 1.0 - cosine(a64, b64)
+    # Below ROUNDING_FLOOR, 1 - cosine of parallel vectors is float64 rounding, not drift.
+    return Drift(cos=0.0 if cos < ROUNDING_FLOOR else cos, rel_l2=rel)
 
 
 def derangement(n: int, rng: random.Random) -> list[int]:
@@ -189,22 +212,20 @@ class Stats:
 
 def summarize(values: Sequence[float | None], *, seed: int = 0, n_boot: int = 1000) -> Stats:
     """Summary statistics of ``values`` (None entries are skipped), with a seeded bootstrap CI."""
-    v = torch.tensor([x for x in values if x is not None and not math.isnan(x)], dtype=torch.float64)
-    if v.numel() == 0:
+    v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=np.float64)
+    if v.size == 0:
         return Stats(0, None, None, None, None, None, None, None)
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, v.numel(), (n_boot, v.numel()), generator=gen)
-    means = v[idx].mean(dim=1)
-    std = float(v.std()) if v.numel() > 1 else 0.0
+    idx = np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))
+    means = v[idx].mean(axis=1)
     return Stats(
-        n=int(v.numel()),
+        n=int(v.size),
         mean=float(v.mean()),
-        median=float(v.quantile(0.5)),
-        std=std,
+        median=float(np.median(v)),
+        std=float(v.std(ddof=1)) if v.size > 1 else 0.0,
         min=float(v.min()),
         max=float(v.max()),
-        ci_low=float(means.quantile(0.025)),
-        ci_high=float(means.quantile(0.975)),
+        ci_low=float(np.quantile(means, 0.025)),
+        ci_high=float(np.quantile(means, 0.975)),
     )
 
 

@@ -128,18 +128,35 @@ def _sensitivity_lines(result: EmbedResult) -> list[str]:
 
 
 def _truncation_lines(result: EmbedResult) -> list[str]:
-    groups = {g: s for g, s in result.drift_summary.items() if g.startswith("truncation")}
-    if not any(g.startswith("truncation |") for g in groups):
-        lines = [
-            "None of the sampled captions is longer than one chunk, so cutting after that token changes nothing."
-        ]
-    else:
-        lines = []
-    for group, s in groups.items():
-        n = s.get("context.cos", {}).get("n", 0)
-        lines.append(
-            f"Cutting after token {result.model['chunk_tokens']} ({group.split(' | ')[0]}, {group.split(' | ')[1]}, "
-            f"{n} captions): context drift median {_median(s, 'context.cos') or 0:.3g}, "
-            f"pooled drift median {_median(s, 'pooled.cos') or 0:.3g}."
-        )
+    chunk = result.model["chunk_tokens"]
+    n_sampled = sum(1 for d in result.drift_samples if d["analysis"] == "truncation") // max(
+        1, len(result.settings["truncation_lengths"])
+    )
+    lines = []
+    for analysis, what in (
+        ("truncation", "sampled captions"),
+        ("truncation (synthetic long)", "synthetic long captions"),
+    ):
+        groups = {
+            g.split(" | ")[1]: st for g, st in result.drift_summary.items() if g.split(" | ")[0] == analysis
+        }
+        if analysis == "truncation" and not groups:
+            lines.append(
+                f"None of the {n_sampled} sampled captions is longer than {chunk} tokens: nothing is cut."
+            )
+        parts = []
+        for setting, st in groups.items():
+            rel = relative(result, "context", _median(st, "context.cos"))
+            parts.append(
+                f"{setting}: context {_median(st, 'context.cos') or 0:.3g} ({size_word(rel)}), "
+                f"pooled {_median(st, 'pooled.cos') or 0:.3g}"
+            )
+        if parts:
+            n = max(st.get("context.cos", {}).get("n", 0) for st in groups.values())
+            lines.append(
+                f"Cutting {n} {what} after token {chunk} moves them by (median 1 - cosine) "
+                + "; ".join(parts)
+                + ". "
+                f"Under {chunk} the encoder already drops the tail; the pooled vector sees only the first chunk."
+            )
     return lines

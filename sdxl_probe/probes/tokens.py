@@ -144,7 +144,7 @@ def _token_rows(tc, lay, pooled: int) -> list[dict[str, Any]]:
 def _tag_rows(tc, capacity: int, pooled: int) -> list[dict[str, Any]]:
     first, last = tag_positions(tc)
     rows = []
-    for (text, start, end), f, l_ in zip(tc.tags, first, last):
+    for (text, start, end), f, l_ in zip(tc.tags, first, last, strict=True):
         rows.append({"text": text, "start": start, "end": end, "first": f, "last": l_,
                      "status": _status(f, l_, capacity), "pooled": _status(f, l_, pooled)})  # fmt: skip
     return rows
@@ -164,16 +164,23 @@ def render_terminal(result: TokensResult, console: Any) -> None:
     from rich.table import Table
 
     limit = result.max_token_length or result.pooled_limit
-    console.print(f"[bold]caption[/] ({len(result.tokens)} tokens, limit {limit}):", _text(result.processed_caption))
+    console.print(
+        f"[bold]caption[/] ({len(result.tokens)} tokens, limit {limit}):", _text(result.processed_caption)
+    )
     if result.processed_caption != result.caption:
-        console.print("[dim]after the caption pipeline (shuffle/keep_tokens, seeded); original:[/]", _text(result.caption))
+        console.print(
+            "[dim]after the caption pipeline (shuffle/keep_tokens, seeded); original:[/]",
+            _text(result.caption),
+        )
     console.print(token_strip(result))
     table = Table(title="tags", show_lines=False)
     for col in ("#", "tag", "tokens", f"at limit {limit}", f"pooled (first {result.pooled_limit})"):
         table.add_column(col)
     for i, tag in enumerate(result.tags):
         span = "–" if tag["first"] is None else f"{tag['first']}–{tag['last']}"
-        table.add_row(str(i), _text(tag["text"]), span, _styled_status(tag["status"]), _styled_status(tag["pooled"]))
+        table.add_row(
+            str(i), _text(tag["text"]), span, _styled_status(tag["status"]), _styled_status(tag["pooled"])
+        )
     console.print(table)
     for view in (result.te1, result.te2):
         console.print(encoder_summary(view, result))

@@ -135,7 +135,9 @@ def render_report(kind: str, result_dir: str | Path) -> Path:
             continue
         if hasattr(module, "render_report"):
             return module.render_report(result_dir)
-    raise ProbeError(f"no report renderer for kind '{kind}'; expected render_report() in sdxl_probe.probes.{kind}")
+    raise ProbeError(
+        f"no report renderer for kind '{kind}'; expected render_report() in sdxl_probe.probes.{kind}"
+    )
 
 
 def _pct(value: float | None, digits: int = 1) -> str:

@@ -65,23 +65,31 @@ class CaptionOptions:
     """Steps (or, below 1, a fraction of max_train_steps) over which all flex tags come in."""
 
     def __post_init__(self) -> None:
+        for name in ("caption_prefix", "caption_suffix", "keep_tokens_separator", "secondary_separator"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{name}={value!r} must be text (or unset)")
         for name in ("caption_dropout_rate", "caption_tag_dropout_rate"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name}={value!r} is not a probability; set it between 0 and 1")
         for name in ("caption_dropout_every_n_epochs", "keep_tokens", "token_warmup_min"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name}={value!r} must be a whole number >= 0")
-        if self.token_warmup_step < 0:
-            raise ConfigError(f"token_warmup_step={self.token_warmup_step!r} must be >= 0 (0 disables warmup)")
-        if not self.caption_separator:
-            raise ConfigError("caption_separator is empty; set it to the tag separator, e.g. ','")
+        if not _is_number(self.token_warmup_step) or self.token_warmup_step < 0:
+            raise ConfigError(f"token_warmup_step={self.token_warmup_step!r} must be a number >= 0 (0 disables warmup)")
+        if not isinstance(self.caption_separator, str) or not self.caption_separator:
+            raise ConfigError(f"caption_separator={self.caption_separator!r} is empty; set it to the tag separator, e.g. ','")
 
     @property
     def splits_tags(self) -> bool:
         """Whether sd-scripts runs its split/shuffle block (keep_tokens alone does nothing)."""
         return self.shuffle_caption or self.token_warmup_step > 0 or self.caption_tag_dropout_rate > 0
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def process_caption(

@@ -28,8 +28,16 @@ MODEL_INDEX = {
 }
 
 
-def export_diffusers(folder: Path, *, vae, text_encoder, text_encoder_2, unet, tokenizers: bool = True) -> Path:
-    """Save the four networks (fp16 safetensors), scheduler, tokenizers and ``model_index.json``."""
+def export_diffusers(
+    folder: Path, *, vae, text_encoder, text_encoder_2, unet, kind: str = "toy", tokenizers: bool = True
+) -> Path:
+    """Save the four networks (fp16 safetensors), scheduler, tokenizers and ``model_index.json``.
+
+    ``kind`` ("toy" or "tiny") is recorded under the loader's ``_sdxl_probe_kind`` key so that
+    ``load_components`` marks the model as a toy (reports must then say "toy model").
+    """
+    from sdxl_probe.models.folder import KIND_KEY
+
     import diffusers
     from diffusers import EulerDiscreteScheduler
 
@@ -46,5 +54,5 @@ def export_diffusers(folder: Path, *, vae, text_encoder, text_encoder_2, unet, t
 
         write_tokenizer_folder(folder / "tokenizer", "eos", text_encoder.config.max_position_embeddings)
         write_tokenizer_folder(folder / "tokenizer_2", "!", text_encoder_2.config.max_position_embeddings)
-    write_json(folder / "model_index.json", {**MODEL_INDEX, "_diffusers_version": diffusers.__version__})
+    write_json(folder / "model_index.json", {**MODEL_INDEX, "_diffusers_version": diffusers.__version__, KIND_KEY: kind})
     return folder

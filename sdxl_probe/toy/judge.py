@@ -13,10 +13,12 @@ It reads pixels only (numpy, no learned parts), so it can score generations of a
    a component holding several colours is split by colour, minority colours below a share of
    the component join its main colour, and blobs below ``min_area`` (a fraction of the image)
    are specks and dropped.
-4. **Shape** from the blob, rotation-free: the radial profile of its boundary around the
-   centroid gives Fourier harmonics (a triangle's profile has 3 bumps, a square's 4, a star's
-   5, a heart's is dominated by the 2nd); solidity (area / convex hull area) separates a cross
-   from a square. A circle is a blob with no strong harmonic.
+4. **Shape** from the blob, rotation-free. Rays from the blob's coverage-weighted centroid find
+   the sub-pixel ``alpha = 0.5`` contour of its colour (the smooth coverage, not the thresholded
+   mask, so small and blurred corners survive). The Fourier harmonics of that radial profile
+   name the shape (a triangle's profile has 3 bumps, a square's 4, a star's 5; a heart's has
+   strong 2nd and 3rd); solidity (area / convex-hull area of the contour) and the 4th
+   harmonic's strength separate a cross from a square. A circle has no strong harmonic.
 5. **Position** is the nearest coarse position to the centroid; **size** compares the area to
    the geometric mean of the small and large areas of that shape.
 """
@@ -41,9 +43,11 @@ from sdxl_probe.toy.world import (
 __all__ = [
     "JudgedObject",
     "Judgement",
+    "classify_shape",
     "judge_image",
     "judge_matches",
     "label_components",
+    "radial_profile",
     "shape_features",
 ]
 
@@ -52,7 +56,7 @@ MIN_AREA_FRAC = 0.004  # specks below this fraction of the image are ignored (16
 MINOR_COLOUR_SHARE = 0.15  # a colour below this share of a blob is edge noise, not an object
 RAYS = 64  # rays of the radial profile (harmonics up to 6 need far fewer; more smooths noise)
 RAY_STEP = 0.25  # pixels between samples along a ray
-CIRCLE_LEVEL = 0.07  # harmonics of clean or blurred circles stay below this (digitisation noise)
+CIRCLE_LEVEL = 0.055  # circles, clean or blurred, stay below this (<= 0.045); blurred squares and stars above
 CROSS_SOLIDITY = 0.84  # 4-fold blobs below this solidity are crosses (clean <= 0.8); squares are >= 0.88
 CROSS_H4 = 0.2  # ... or with a 4th harmonic above this (crosses >= 0.23 blurred; squares <= 0.17)
 MIN_CONTRAST = 60.0  # RGB distance: a palette colour closer than this to the background is not sought
@@ -181,9 +185,10 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
         if np.array_equal(new, lab):
             break
         lab = new
-    uniq, inv = np.unique(lab, return_inverse=True)
-    inv = inv.reshape(h, w)
-    return (inv if uniq[0] == 0 else inv + 1), len(uniq) - (uniq[0] == 0)
+    uniq, inv = np.unique(lab[mask], return_inverse=True)
+    out = np.zeros((h, w), dtype=np.int64)
+    out[mask] = inv + 1
+    return out, len(uniq)
 
 
 def _blobs(best: np.ndarray, fg: np.ndarray, min_area: int) -> list[tuple[int, np.ndarray]]:
@@ -196,10 +201,11 @@ def _blobs(best: np.ndarray, fg: np.ndarray, min_area: int) -> list[tuple[int, n
         if total < min_area:
             continue
         idx, counts = np.unique(best[region], return_counts=True)
+        main = idx[counts.argmax()]
         keep = idx[counts >= max(min_area, MINOR_COLOUR_SHARE * total)]
-        if len(keep) == 0:
-            keep = idx[counts.argmax() : counts.argmax() + 1]
-        main = idx[counts.argmax()] if idx[counts.argmax()] in keep else keep[0]
+        if len(keep) <= 1:  # one colour: the whole component is one object of the main colour
+            blobs.append((int(main), region))
+            continue
         colour_of = np.where(np.isin(best, keep), best, main)
         for k in keep:
             sub, m = label_components(region & (colour_of == k))
@@ -298,10 +304,10 @@ def classify_shape(solidity: float, harmonics: np.ndarray, shapes: Iterable[str]
     """The allowed shape with the strongest evidence.
 
     Evidence: a circle scores the noise level :data:`CIRCLE_LEVEL`; a triangle its 3rd
-    harmonic, a star its 5th; the 4th goes to a cross when the blob is hollow or the 4th harmonic
-    very strong, else to a square (to whichever is allowed if only one is). A heart has strong 2nd *and* 3rd
-    harmonics (a triangle has a weak 2nd): it scores their sum when both pass the noise level
-    and the 2nd is at least :data:`HEART_RATIO` of the 3rd.
+    harmonic, a star its 5th; the 4th goes to a cross when the blob is hollow or the 4th
+    harmonic very strong, else to a square (to whichever is allowed if only one is). A heart
+    has strong 2nd *and* 3rd harmonics (a triangle has a weak 2nd): it scores their sum when
+    both pass the noise level and the 2nd is at least :data:`HEART_RATIO` of the 3rd.
     """
     allowed = set(shapes)
     h2, h3, h4, h5 = harmonics[1:5]
@@ -364,6 +370,8 @@ def judge_image(
     min_area_frac: float = MIN_AREA_FRAC,
 ) -> Judgement:
     """Find the background and the objects of an image.
+
+    Made for toy-world sizes (64-256 px): memory grows with pixels x palette colours.
 
     Args:
         image: ``(H, W, 3)`` RGB, uint8 or float in [0, 1] (an alpha channel is dropped).

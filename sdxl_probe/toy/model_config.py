@@ -52,8 +52,8 @@ class ToyArchitecture:
     latent_channels: int = 4
     te1: TextEncoderSize = field(default_factory=lambda: TextEncoderSize(64, 3, 2, 256))
     te2: TextEncoderSize = field(default_factory=lambda: TextEncoderSize(96, 3, 3, 384, projection=96))
-    unet_channels: tuple[int, ...] = (32, 96, 160)
-    unet_heads: tuple[int, ...] = (1, 3, 5)  # diffusers' attention_head_dim = number of heads, as in SDXL
+    unet_channels: tuple[int, ...] = (32, 64, 128)
+    unet_heads: tuple[int, ...] = (1, 2, 4)  # diffusers' attention_head_dim = number of heads, as in SDXL
     unet_transformer_layers: tuple[int, ...] = (1, 1, 2)
     unet_layers_per_block: int = 1
     unet_groups: int = 16

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from sdxl_probe.errors import ProbeError
+from sdxl_probe.generate import time_ids
 from sdxl_probe.io import write_json, write_with
 from sdxl_probe.toy import model_config as mc
 from sdxl_probe.toy.checkpoint import TrainingStopped, graceful_stop, load_state, save_state
@@ -38,34 +39,27 @@ class PretrainConfig:
     """Recipe settings; the defaults are the recipe of the shipped toy model."""
 
     arch: str = "toy"  # "toy" (shipped) or "tiny" (tests)
-    n_images: int = 12000  # rendered once; ~5 passes over them at 2000 x 32
-    vae_joint_steps: int = 400
-    vae_decoder_steps: int = 200
+    n_images: int = 8000  # rendered once; 2.4 passes over them at 800 x 24
+    vae_joint_steps: int = 250
+    vae_decoder_steps: int = 100
     vae_batch_size: int = 16
     vae_lr: float = 1e-3
-    steps: int = 2000
-    batch_size: int = 32
+    steps: int = 800
+    batch_size: int = 24
     lr: float = 1e-3
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     caption_dropout: float = 0.1  # share of captions replaced by "" (unconditional branch for CFG)
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.998  # max decay; EMA warm-up ramps towards it
     checkpoint_every: int = 100
-    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    threads: int = 1  # torch intra-op threads; 1 avoids spin-wait waste on a shared 2-core machine
+    bf16_autocast: bool = True  # TE + UNet forward under CPU bf16 autocast: ~1.4x less CPU (AVX512-BF16)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ProbeError(f"arch {self.arch!r} unknown; expected one of {sorted(ARCHITECTURES)}")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ProbeError(f"caption_dropout {self.caption_dropout} must be in [0, 1)")
-
-
-def sdxl_time_ids(batch: int, height: int, width: int) -> torch.Tensor:
-    """SDXL micro-conditioning ``(B, 6)``: (orig_h, orig_w, crop_top, crop_left, target_h, target_w).
-
-    Toy images are rendered at their native size, never cropped: original = target, crop 0.
-    """
-    return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(batch, 1)
 
 
 def encode_ids(te1, te2, ids1: torch.Tensor, ids2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,9 +131,10 @@ def train_joint(
             noise = torch.randn(x0.shape, generator=gen)
             t = torch.randint(0, n_train, (cfg.batch_size,), generator=gen)
             xt = noise_scheduler.add_noise(x0, noise, t)
-            context, pooled = encode_ids(te1, te2, ids1, ids2)
-            cond = {"text_embeds": pooled, "time_ids": sdxl_time_ids(cfg.batch_size, image_size, image_size)}
-            pred = unet(xt, t, context, added_cond_kwargs=cond).sample  # (B, C, h, w)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
+                context, pooled = encode_ids(te1, te2, ids1, ids2)
+                cond = {"text_embeds": pooled, "time_ids": time_ids(cfg.batch_size, image_size, image_size)}
+                pred = unet(xt, t, context, added_cond_kwargs=cond).sample.float()  # (B, C, h, w)
             snr = compute_snr(noise_scheduler, t)
             weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # epsilon objective
             loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
@@ -208,7 +203,8 @@ def pretrain(out: Path, cfg: PretrainConfig, *, seed: int = 0, resume: bool = Fa
     ema, params = train_joint(unet, te1, te2, latents, data.scenes, cfg=cfg, seed=seed, image_size=arch.image_size,
                               state_path=state / "joint_state.safetensors", resume=resume, log=log)
     ema.copy_to(params)
-    model_dir = export_diffusers(out / "model", vae=vae, text_encoder=te1, text_encoder_2=te2, unet=unet)
+    model_dir = export_diffusers(out / "model", vae=vae, text_encoder=te1, text_encoder_2=te2, unet=unet,
+                                 kind=cfg.arch)
     elapsed = time.time() - t_start
     write_json(out / "pretrain.json", {"config": asdict(cfg), "seed": seed, "seconds_this_session": elapsed,
                                        "resumed": resume})
@@ -216,4 +212,4 @@ def pretrain(out: Path, cfg: PretrainConfig, *, seed: int = 0, resume: bool = Fa
     return model_dir
 
 
-__all__ = ["PretrainConfig", "TrainingStopped", "encode_ids", "pretrain", "sdxl_time_ids", "train_joint"]
+__all__ = ["PretrainConfig", "TrainingStopped", "encode_ids", "pretrain", "train_joint"]

@@ -1,0 +1,82 @@
+"""The sampler core (sdxl_probe.generate) and the ``generate`` command, on tiny random components."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sdxl_probe.errors import ProbeError
+from sdxl_probe.generate import check_size, default_size, generate_images, initial_noise, make_scheduler, time_ids
+
+FAST = {"steps": 2, "cfg": 3.0}
+
+
+def test_images_have_the_model_native_size_and_dtype(tiny_components):
+    images = generate_images(tiny_components, ["red circle", "a blue star"], seed=0, **FAST)
+    side = tiny_components.unet.config.sample_size * tiny_components.vae_scale_factor
+    assert default_size(tiny_components) == side
+    assert images.shape == (2, side, side, 3) and images.dtype == np.uint8
+
+
+def test_seeded_and_independent_of_batch_composition(tiny_components):
+    both = generate_images(tiny_components, ["red circle", "a blue star"], seed=5, **FAST)
+    alone = generate_images(tiny_components, ["a blue star"], seed=6, **FAST)
+    again = generate_images(tiny_components, ["red circle", "a blue star"], seed=5, **FAST)
+    other = generate_images(tiny_components, ["red circle", "a blue star"], seed=7, **FAST)
+    np.testing.assert_array_equal(both[1], alone[0])  # prompt i uses seed + i whatever the batch
+    np.testing.assert_array_equal(both, again)
+    assert not np.array_equal(both, other)
+
+
+def test_guidance_negative_and_samplers_change_the_image(tiny_components):
+    base = generate_images(tiny_components, ["red circle"], seed=0, **FAST)
+    no_cfg = generate_images(tiny_components, ["red circle"], seed=0, steps=2, cfg=1.0)
+    negative = generate_images(tiny_components, ["red circle"], seed=0, negative="blue square", **FAST)
+    ddim = generate_images(tiny_components, ["red circle"], seed=0, sampler="ddim", **FAST)
+    zeros = generate_images(tiny_components, ["red circle"], seed=0, zero_empty_negative=True, **FAST)
+    for other in (no_cfg, negative, ddim, zeros):
+        assert not np.array_equal(base, other)
+
+
+def test_long_and_weighted_prompts(tiny_components):
+    long = ", ".join(["red circle"] * 40)  # > 75 tokens: needs two chunks
+    images = generate_images(tiny_components, [long, "(red:1.3) circle"], seed=0, max_token_length=150,
+                             weighted=True, **FAST)
+    assert images.shape[0] == 2
+
+
+def test_size_from_config_and_bad_sizes(tiny_components):
+    side = default_size(tiny_components)
+    assert check_size(tiny_components, side, 2 * side) == (
+        side // tiny_components.vae_scale_factor, 2 * side // tiny_components.vae_scale_factor)
+    with pytest.raises(ProbeError, match="multiples of"):
+        check_size(tiny_components, side + 1, side)
+    with pytest.raises(ProbeError, match="sampler"):
+        make_scheduler(tiny_components, "plms")
+    with pytest.raises(ProbeError, match="no prompts"):
+        generate_images(tiny_components, [], **FAST)
+
+
+def test_helpers():
+    noise = initial_noise(3, (4, 2, 2), seed=10)
+    np.testing.assert_array_equal(noise[1].numpy(), initial_noise(1, (4, 2, 2), seed=11)[0].numpy())
+    assert time_ids(2, 64, 32).tolist() == [[64, 32, 0, 0, 64, 32]] * 2
+
+
+def test_generate_command_writes_a_png(tiny_components, tmp_path):
+    from PIL import Image
+
+    from sdxl_probe.cli import app
+    from sdxl_probe.models.folder import save_folder
+
+    folder = save_folder(tiny_components, tmp_path / "tiny")
+    out = tmp_path / "img.png"
+    result = CliRunner().invoke(app, ["generate", "red circle", "--model", str(folder), "--seed", "1",
+                                      "--steps", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    side = default_size(tiny_components)
+    assert Image.open(out).size == (side, side)
+    assert "toy model" in result.output  # tiny parts are a toy: the output says so
+    bad = CliRunner().invoke(app, ["generate", "x", "--model", str(folder), "--width", "7", "--out", str(out)])
+    assert isinstance(bad.exception, ProbeError) and "multiples of" in str(bad.exception)

@@ -1,0 +1,155 @@
+"""The shipped toy model (preset "toy") and its pretraining recipe (run only on the tiny config)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sdxl_probe.errors import ProbeError
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "sdxl_probe" / "toy" / "weights"
+
+
+@pytest.fixture(scope="module")
+def toy():
+    from sdxl_probe.models.load import load_components
+
+    return load_components("toy", dtype=torch.float32)
+
+
+def test_shipped_weights_are_fp16_safetensors_within_budget():
+    from safetensors import safe_open
+
+    files = sorted(WEIGHTS.glob("*/*.safetensors"))
+    assert {f.parent.name for f in files} == {"unet", "vae", "text_encoder", "text_encoder_2"}
+    assert sum(f.stat().st_size for f in files) <= 40 * 2**20
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            assert {st.get_slice(k).get_dtype() for k in st.keys()} == {"F16"}, f
+    index = json.loads((WEIGHTS / "model_index.json").read_text())
+    assert index["force_zeros_for_empty_prompt"] is False  # trained with caption dropout to ""
+
+
+def test_toy_is_the_sdxl_architecture_family(toy):
+    from sdxl_probe.toy.model_config import TOY, unet_config
+
+    assert toy.kind == "toy" and toy.is_toy
+    assert toy.unet.config.addition_embed_type == "text_time"
+    assert toy.text_encoder.config.hidden_size != toy.text_encoder_2.config.hidden_size
+    assert toy.unet.config.cross_attention_dim == TOY.context_dim
+    assert toy.text_encoder.config.vocab_size == toy.text_encoder_2.config.vocab_size == 49408
+    assert list(toy.unet.config.block_out_channels) == list(unet_config(TOY)["block_out_channels"])
+    assert toy.vae_scale_factor * toy.unet.config.sample_size == TOY.image_size
+    s = toy.scheduler.config
+    assert (s.beta_start, s.beta_end, s.beta_schedule, s.num_train_timesteps) == (0.00085, 0.012, "scaled_linear", 1000)
+
+
+def test_single_file_round_trip_keeps_every_tensor(toy, tmp_path):
+    from sdxl_probe.models.load import load_components
+    from sdxl_probe.models.single_file import save_single_file
+
+    path = save_single_file(toy, tmp_path / "toy_sai.safetensors")
+    back = load_components(path, dtype=torch.float32)
+    assert back.kind == "toy"
+    for name, model in toy.models():
+        theirs = dict(getattr(back, name).state_dict())
+        mine = model.state_dict()
+        assert set(mine) == set(theirs), name
+        for key, value in mine.items():
+            torch.testing.assert_close(theirs[key], value, rtol=0, atol=0, msg=f"{name}.{key}")
+
+
+def test_toy_draws_what_the_prompt_names(toy):
+    from sdxl_probe.generate import generate_images
+    from sdxl_probe.toy.judge import judge_image
+    from sdxl_probe.toy.world import COLOURS, SHAPES
+
+    prompts = ["red circle, white background", "a blue square on a black background", "yellow triangle, gray background"]
+    images = generate_images(toy, prompts, seed=0, steps=20, cfg=5.0)
+    assert images.shape == (3, 64, 64, 3)
+    found = [judge_image(im, colours=list(COLOURS), shapes=SHAPES) for im in images]
+    assert [j.background for j in found] == ["white", "black", "gray"]
+    assert [("red" in found[0].colours()), ("blue" in found[1].colours()), ("yellow" in found[2].colours())] == [True] * 3
+
+
+@pytest.mark.slow
+def test_evaluate_writes_figures_and_report(toy, tmp_path):
+    from sdxl_probe.toy.evaluate import ToyEvaluation, evaluate_model
+    from sdxl_probe.toy.evaluate_report import write_outputs
+
+    result, images, prompts = evaluate_model(toy, n_prompts=10, steps=4, n_attention=4, log=lambda _: None)
+    write_outputs(tmp_path, result, images, prompts)
+    loaded = ToyEvaluation.load(tmp_path)
+    assert loaded.is_toy and set(loaded.counts) == {"single", "heldout", "two", "empty"}
+    assert all(0.0 <= v <= 1.0 for v in loaded.figures.values())
+    assert 0.0 <= loaded.attention["iou"] <= 1.0
+    assert "toy model" in (tmp_path / "report.html").read_text()
+
+
+# ---------------------------------------------------------------- the recipe, on the tiny config
+
+
+def _tiny_config():
+    from sdxl_probe.toy.pretrain import PretrainConfig
+
+    return PretrainConfig(arch="tiny", n_images=32, vae_joint_steps=2, vae_decoder_steps=1, vae_batch_size=4,
+                          steps=4, batch_size=4, warmup_steps=1, checkpoint_every=100)
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {f"{f.parent.name}/{k}": v for f in sorted(model_dir.glob("*/*.safetensors")) for k, v in load_file(f).items()}
+
+
+def test_pretrain_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+    import sdxl_probe.toy.pretrain as recipe
+    from sdxl_probe.toy.checkpoint import StopFlag, TrainingStopped
+
+    straight = _weights(recipe.pretrain(tmp_path / "a", _tiny_config(), seed=3, log=lambda _: None))
+
+    class StopAfterTwoSteps(StopFlag):  # the loop reads the flag twice per step
+        reads = 0
+
+        @property
+        def requested(self):
+            self.reads += 1
+            return self.reads > 4
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    @contextmanager
+    def interrupt():
+        yield StopAfterTwoSteps()
+
+    with monkeypatch.context() as m:
+        m.setattr(recipe, "graceful_stop", interrupt)
+        with pytest.raises(TrainingStopped, match="--resume"):
+            recipe.pretrain(tmp_path / "b", _tiny_config(), seed=3, log=lambda _: None)
+    state = json.loads((tmp_path / "b" / "state" / "joint_state.json").read_text())
+    assert state["info"]["step"] == 3
+    with pytest.raises(ProbeError, match="--resume"):
+        recipe.pretrain(tmp_path / "b", _tiny_config(), seed=3, log=lambda _: None)
+    resumed = _weights(recipe.pretrain(tmp_path / "b", _tiny_config(), seed=3, resume=True, log=lambda _: None))
+    assert set(resumed) == set(straight)
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+
+
+def test_pretrain_writes_a_loadable_diffusers_folder(tmp_path):
+    from sdxl_probe.models.load import load_components
+    from sdxl_probe.toy.pretrain import pretrain
+
+    model_dir = pretrain(tmp_path, _tiny_config(), seed=0, log=lambda _: None)
+    index = json.loads((model_dir / "model_index.json").read_text())
+    assert index["force_zeros_for_empty_prompt"] is False
+    back = load_components(model_dir, dtype=torch.float32)
+    assert back.kind == "tiny" and back.vae.config.scaling_factor != 1.0
+    assert np.isfinite(back.vae.config.scaling_factor)
