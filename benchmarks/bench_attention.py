@@ -1,7 +1,8 @@
 """Time toy generation with and without cross-attention capture, in one run, and print the ratio.
 
 Goal (issue #6): capture costs at most 1.2x the plain sampler. Runs alternate (plain,
-captured, plain, ...) so both see the same machine load; the median of each is compared.
+captured, plain, ...) so both see the same machine load; the median of each is compared,
+in wall-clock time and in process CPU time (steadier on a shared, loaded machine).
 Uses the trained toy model when its weights exist, else the tiny random model (same code
 path, smaller UNet) and says so.
 """
@@ -33,9 +34,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    from sdxl_probe.text.encode import encode_captions
-
     from sdxl_probe.attention.runs import CaptureOptions, sample_images
+    from sdxl_probe.text.encode import encode_captions
 
     components, label = load()
     side = components.unet.config.sample_size * components.vae_scale_factor
@@ -60,17 +60,21 @@ def main() -> None:
             plain()
 
     plain(), captured()  # warm-up
-    times: dict[str, list[float]] = {"plain": [], "capture": []}
+    times = {(name, clock): [] for name in ("plain", "capture") for clock in ("wall", "cpu")}
     for _ in range(args.repeats):
         for name, fn in (("plain", plain), ("capture", captured)):
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
-    base, cap = statistics.median(times["plain"]), statistics.median(times["capture"])
+            times[name, "wall"].append(time.perf_counter() - wall)
+            times[name, "cpu"].append(time.process_time() - cpu)
     print(f"model: {label}; batch {args.batch}, {args.steps} steps, {side}x{side} px, CFG doubled batch")
-    print(f"plain   median {base:.3f} s  ({', '.join(f'{t:.3f}' for t in times['plain'])})")
-    print(f"capture median {cap:.3f} s  ({', '.join(f'{t:.3f}' for t in times['capture'])})")
-    print(f"overhead ratio capture/plain = {cap / base:.3f} (goal <= 1.2)")
+    for clock in ("wall", "cpu"):
+        base, cap = statistics.median(times["plain", clock]), statistics.median(times["capture", clock])
+        runs = ", ".join(
+            f"{p:.2f}/{c:.2f}" for p, c in zip(times["plain", clock], times["capture", clock], strict=True)
+        )
+        print(f"{clock:4s}: plain {base:.3f} s, capture {cap:.3f} s (runs plain/capture: {runs})")
+        print(f"{clock:4s}: overhead ratio capture/plain = {cap / base:.3f} (goal <= 1.2)")
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ def folder_records(subset: Subset, issues: IssueLog) -> Iterator[CaptionRecord]:
     wildcard = bool(subset.caption_options.get("enable_wildcard", False))
     for name in images:
         yield _folder_record(subset, image_dir / name, names, ext, wildcard, issues)
-    for name in sorted(n for n in names if n.endswith(ext) and n[: -len(ext)] not in stems):
+    for name in sorted(n for n in names if n.endswith(ext) and not _has_image(n[: -len(ext)], stems)):
         issues.add(
             "caption_without_image",
             image_dir / name,
@@ -166,6 +166,11 @@ def folder_records(subset: Subset, issues: IssueLog) -> Iterator[CaptionRecord]:
             image_dir,
             f"{image_dir}: no images found ({others} '{ext}' files); subset skipped",
         )
+
+
+def _has_image(caption_stem: str, image_stems: set[str]) -> bool:
+    """True for ``x.txt`` next to ``x.png``, and for alternate captions such as ``x.tags.txt``."""
+    return caption_stem in image_stems or caption_stem.split(".", 1)[0] in image_stems
 
 
 def _folder_record(
@@ -247,6 +252,9 @@ def list_records(subset: Subset, issues: IssueLog) -> Iterator[CaptionRecord]:
     except OSError as e:
         issues.add("unreadable", path, f"{path}: cannot read ({e.strerror or e}); subset skipped")
         return
+    except DatasetError as e:
+        issues.add("bad_file", path, f"{e}; subset skipped")
+        return
     _images_not_listed(base, seen, subset, issues)
 
 
@@ -255,49 +263,61 @@ def _rows(
 ) -> Iterator[tuple[int, tuple[str | None, str | None, str | None]]]:
     """``(row number, (caption, tags, image))`` for every row of a caption list."""
     if kind == "csv":
-        yield from _csv_rows(path)
+        yield from _csv_rows(path, issues)
     elif kind == "jsonl":
         yield from _jsonl_rows(path, issues)
     else:
         yield from _metadata_json_rows(path)
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, tuple[str | None, str | None, str | None]]]:
-    with path.open(newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        cap_col = next((c for c in CAPTION_COLUMNS if c in header), None)
-        if cap_col is None:
-            raise DatasetError(
-                f"{path}: no caption column; expected one of {', '.join(CAPTION_COLUMNS)}, found {', '.join(header)}"
-            )
-        img_col = next((c for c in IMAGE_COLUMNS if c in header), None)
-        for i, row in enumerate(reader, start=2):
-            yield i, ((row.get(cap_col) or "").strip(), None, row.get(img_col) if img_col else None)
+def _decoded_lines(path: Path, issues: IssueLog) -> Iterator[str]:
+    """Lines of ``path`` (ends kept), decoded as UTF-8; bad lines use U+FFFD and are flagged."""
+    with path.open("rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                issues.add(
+                    "non_utf8",
+                    f"{path}:{i}",
+                    f"{path}:{i}: not valid UTF-8 (byte {e.start}); decoded with U+FFFD replacement, re-save it as UTF-8",
+                )
+                yield raw.decode("utf-8", errors="replace")
+
+
+def _csv_rows(
+    path: Path, issues: IssueLog
+) -> Iterator[tuple[int, tuple[str | None, str | None, str | None]]]:
+    reader = csv.DictReader(_decoded_lines(path, issues))
+    header = reader.fieldnames or []
+    cap_col = next((c for c in CAPTION_COLUMNS if c in header), None)
+    if cap_col is None:
+        raise DatasetError(
+            f"{path}: no caption column; expected one of {', '.join(CAPTION_COLUMNS)}, found {', '.join(header)}"
+        )
+    img_col = next((c for c in IMAGE_COLUMNS if c in header), None)
+    for i, row in enumerate(reader, start=2):
+        yield i, ((row.get(cap_col) or "").strip(), None, row.get(img_col) if img_col else None)
 
 
 def _jsonl_rows(
     path: Path, issues: IssueLog
 ) -> Iterator[tuple[int, tuple[str | None, str | None, str | None]]]:
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                issues.add("bad_row", f"{path}:{i}", f"{path}:{i}: invalid JSON ({e.msg}); line skipped")
-                continue
-            if not isinstance(row, dict):
-                issues.add(
-                    "bad_row",
-                    f"{path}:{i}",
-                    f"{path}:{i}: expected a JSON object, got {type(row).__name__}; line skipped",
-                )
-                continue
-            caption = next((row[c] for c in CAPTION_COLUMNS if isinstance(row.get(c), str)), "")
-            image = next((row[c] for c in IMAGE_COLUMNS if isinstance(row.get(c), str)), None)
-            yield i, (caption.strip(), None, image)
+    for i, line in enumerate(_decoded_lines(path, issues), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            issues.add("bad_row", f"{path}:{i}", f"{path}:{i}: invalid JSON ({e.msg}); line skipped")
+            continue
+        if not isinstance(row, dict):
+            message = f"{path}:{i}: expected a JSON object, got {type(row).__name__}; line skipped"
+            issues.add("bad_row", f"{path}:{i}", message)
+            continue
+        caption = next((row[c] for c in CAPTION_COLUMNS if isinstance(row.get(c), str)), "")
+        image = next((row[c] for c in IMAGE_COLUMNS if isinstance(row.get(c), str)), None)
+        yield i, (caption.strip(), None, image)
 
 
 def _metadata_json_rows(path: Path) -> Iterator[tuple[int, tuple[str | None, str | None, str | None]]]:

@@ -131,3 +131,30 @@ def test_overlay_grid(tmp_path):
     from PIL import Image
 
     assert Image.open(path).size == (144, 2 * (32 + overlay.LABEL_HEIGHT))
+
+
+def test_cli_option_parsing(tmp_path):
+    from sdxl_probe.attention.inputs import capture_options, load_images_and_captions, parse_window
+
+    assert parse_window("early", 25) == (0, 8) and parse_window("late", 25) == (16, 25)
+    assert parse_window("3:", 10) == (3, 10) and parse_window(None, 10) is None
+    with pytest.raises(ProbeError, match="START < STOP"):
+        parse_window("5:2", 10)
+    with pytest.raises(ProbeError, match="early, middle, late"):
+        parse_window("soon", 10)
+    opts = capture_options(window="middle", n_steps=9, layers="up_blocks.0, down_blocks.1", heads="0,2",
+                           resolutions="2", include_mid=False)  # fmt: skip
+    assert opts.steps == (3, 6) and opts.layers == ("up_blocks.0", "down_blocks.1") and opts.heads == (0, 2)
+    with pytest.raises(ProbeError, match="--heads"):
+        capture_options(window=None, n_steps=1, layers=None, heads="a", resolutions=None, include_mid=False)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 6, 3), dtype=np.uint8)).save(tmp_path / "b.png")
+    with pytest.raises(ProbeError, match="caption file not found"):
+        load_images_and_captions([tmp_path / "a.png"], None, ".txt")
+    (tmp_path / "a.txt").write_text("red circle\nsecond line ignored\n")
+    images, captions = load_images_and_captions([tmp_path / "a.png"], None, ".txt")
+    assert images.shape == (1, 8, 8, 3) and captions == ["red circle"]
+    with pytest.raises(ProbeError, match="different sizes"):
+        load_images_and_captions([tmp_path / "a.png", tmp_path / "b.png"], "x", ".txt")

@@ -49,6 +49,8 @@ def test_fast_path_equals_span_path(pieces, joiner):
         caption, lay, limits=LIMITS, trigger="sks", keep_tokens=2, separator=",", encode=encode
     )
     assert fast == slow
+    if lay.order_free:
+        assert tag_token_lengths(lay.tags, get_bpe().encode, ",") == (lay.lengths, lay.sep_tokens)
 
 
 def test_fast_path_covers_plain_tag_captions():

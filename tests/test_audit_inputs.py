@@ -106,6 +106,9 @@ def test_empty_dataset_message(tmp_path):
     with pytest.raises(DatasetError, match=r"e: empty dataset, no captions found \(no 'N_name' subfolder"):
         _audit(open_dataset(tmp_path / "e"), tmp_path)
     assert not (tmp_path / "out/audit.csv").exists()
+    write_kohya_folder(tmp_path / "f", {"3_y": ["red cat"]})
+    with pytest.raises(DatasetError, match=r"'3_y' is itself an N_name folder: pass its parent"):
+        _audit(open_dataset(tmp_path / "f/3_y"), tmp_path)
 
 
 def test_missing_and_unknown_dataset_paths(tmp_path):
@@ -143,3 +146,30 @@ def test_sd_scripts_metadata_json_subset(tmp_path):
     assert res.stats["tag_frequency"] == {"meta.json": {"red": 1, "cat": 1, "blue": 1, "dog": 1}}
     assert res.stats["histograms"]["te1"] == {"3": 1, "9": 1}  # "a photo of a cat, red, Cat": 5 + 2 + 2
     assert res.stats["issues"]["caption_without_image"]["count"] == 1  # "b" has no image
+
+
+def test_non_utf8_and_bad_csv_lists(tmp_path):
+    (tmp_path / "c.csv").write_bytes(b"caption\nred cat\nblue \xe9t\xe9\n")
+    res = _audit(open_dataset(tmp_path / "c.csv"), tmp_path)
+    assert res.n_captions == 2
+    msg = res.stats["issues"]["non_utf8"]["examples"][0]["message"]
+    assert msg.startswith(
+        f"{tmp_path / 'c.csv'}:3: not valid UTF-8 (byte 5); decoded with U+FFFD replacement"
+    )
+    (tmp_path / "n.csv").write_text("file_name,words\na.png,red\n")
+    with pytest.raises(DatasetError, match=r"n.csv: no caption column; expected one of caption, text"):
+        _audit(open_dataset(tmp_path / "n.csv"), tmp_path)
+
+
+def test_alternate_caption_files_are_not_orphans(tmp_path):
+    sub = tmp_path / "1_toy"
+    sub.mkdir()
+    (sub / "00000.png").write_bytes(PNG_1X1)
+    (sub / "00000.txt").write_text("red circle")
+    (sub / "00000.tags.txt").write_text("red circle")
+    (sub / "orphan.txt").write_text("blue square")
+    ds = open_dataset(tmp_path, caption_extension=".txt")
+    records = list(ds.records())
+    assert [r.caption for r in records] == ["red circle"]
+    assert ds.issues.counts["caption_without_image"] == 1
+    assert "orphan.txt" in ds.issues.examples["caption_without_image"][0][0]

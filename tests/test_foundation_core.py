@@ -90,3 +90,12 @@ def test_cli_help_lists_commands():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
     assert "Usage" in result.output
+
+
+def test_atomic_write_gives_normal_file_mode(tmp_path: Path):
+    mask = os.umask(0o022)
+    try:
+        path = io.write_text(tmp_path / "report.html", "<p>x</p>")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -113,3 +113,16 @@ def test_missing_chromium_skips_locally_but_fails_in_ci(monkeypatch):
     monkeypatch.setenv("CI", "")
     with pytest.raises(pytest.skip.Exception):
         chromium.require_chromium()
+
+
+def test_no_template_turns_escaping_off():
+    from sdxl_probe.report.render import PROBE_TEMPLATE_DIR, TEMPLATE_DIR
+
+    templates = [*TEMPLATE_DIR.glob("*.j2"), *PROBE_TEMPLATE_DIR.glob("*.j2")]
+    assert len(templates) >= 3
+    for path in templates:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"\|\s*safe\b|autoescape\s+false|Markup\(", text), (
+            f"{path.name} disables escaping"
+        )
+        assert "<script" not in text.lower(), f"{path.name} contains a script"

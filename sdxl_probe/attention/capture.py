@@ -125,9 +125,9 @@ class AttentionRecorder:
         h, w = infer_map_hw(n_query, self.latent_hw)
         if self.factors is not None and self._factor(h) not in self.factors:
             return
-        per_head = self._select(probs.float().view(-1, n_heads, n_query, n_tokens))  # (B, K, N, T)
+        per_head = self._select(probs.view(-1, n_heads, n_query, n_tokens))  # (B, K, N, T) float32
         self._add_token_mass(per_head.mean(dim=(1, 2)))
-        maps = per_head.view(*per_head.shape[:2], h, w, n_tokens).permute(0, 1, 4, 2, 3)  # (B, K, T, h, w)
+        maps = per_head.reshape(*per_head.shape[:2], h, w, n_tokens).permute(0, 1, 4, 2, 3)  # (B, K, T, h, w)
         if name in self.sums:
             self.sums[name] += maps
         else:
@@ -136,7 +136,7 @@ class AttentionRecorder:
         self.map_hw[name] = (h, w)
 
     def _select(self, probs: torch.Tensor) -> torch.Tensor:
-        """(B', heads, N, T) -> (B, K, N, T): conditional half, chosen heads, head mean."""
+        """(B', heads, N, T) -> (B, K, N, T) float32: conditional half, chosen heads, head mean."""
         if self.cfg_doubled and self.conditional_only:
             probs = probs[probs.shape[0] // 2 :]
         if self.heads is not None:
@@ -146,6 +146,7 @@ class AttentionRecorder:
                     f"head index {bad} out of range: this layer has {probs.shape[1]} heads (0..{probs.shape[1] - 1})"
                 )
             probs = probs[:, self.heads]
+        probs = probs.float()
         return probs if self.keep_heads else probs.mean(dim=1, keepdim=True)
 
     def _add_token_mass(self, mass: torch.Tensor) -> None:

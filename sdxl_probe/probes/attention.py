@@ -88,6 +88,8 @@ def inspect(
         An AttentionResult with conditions "t=T" (or "t=T/base", "t=T/lora").
     """
     _check_images(images, captions, components)
+    if lora is not None and not Path(lora).is_file():
+        raise ProbeError(f"{lora}: LoRA file not found; pass the .safetensors written by the trainer")
     hw = (int(images.shape[1]), int(images.shape[2]))
     latents = encode_images(components, images)
     runs = _inspect_runs(components, latents, captions, timesteps, seed, max_token_length, options, hw)
@@ -99,11 +101,8 @@ def inspect(
                 components, latents, captions, timesteps, seed, max_token_length, options, hw
             )
         runs = [r for pair in zip(runs, lora_runs, strict=True) for r in pair]
-    labels = [
-        f"t={t}" + (f"/{kind}" if lora else "")
-        for t in timesteps
-        for kind in (("base", "lora") if lora else ("",))
-    ]
+    kinds = ("/base", "/lora") if lora is not None else ("",)
+    labels = [f"t={t}{kind}" for t in timesteps for kind in kinds]
     enc = runs[0][0]
     maps = torch.stack([m for _, m, _ in runs])
     mass = torch.stack([s for _, _, s in runs])
@@ -130,7 +129,7 @@ def _inspect_runs(components, latents, captions, timesteps, seed, max_token_leng
 def _aggregate(rec: AttentionRecorder, size: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Recorder -> (B, T, H, W) DAAM maps and (B, T) mean attention mass over recorded calls."""
     if not rec.sums:
-        raise ProbeError("no cross-attention call was recorded; widen --steps, --layers or --resolutions")
+        raise ProbeError("no cross-attention call was recorded; widen --window, --layers or --resolutions")
     size = size or heatmaps.default_heatmap_size(rec.map_hw)
     maps = heatmaps.global_heat_map(rec.sums, size).cpu()
     mass = sum(rec.token_mass.values()) / sum(rec.token_mass_calls.values())

@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdxl_probe.datasets import CaptionRecord, Dataset, Subset
+from sdxl_probe.datasets import FOLDER_RE, CaptionRecord, Dataset, Subset
 from sdxl_probe.errors import ConfigError, DatasetError
 from sdxl_probe.io import atomic_path, write_json
 from sdxl_probe.probes.audit_caption import (
     CachedEncoder,
     CaptionAudit,
+    TagLayout,
     audit_caption,
     audit_tag_layout,
     tag_layout,
@@ -190,11 +191,17 @@ class _RunContext:
         where = record.caption_file or record.image or f"row {self.row}"
         agg.add(a, caption=text, where=where, subset=record.subset.name, tag_text=record.tag_text,
                 source=record.source, separator=sep, has_trigger=bool(trigger))  # fmt: skip
-        self.add_shuffle(record, text, a, opts, agg)
+        self.add_shuffle(record, text, a, opts, agg, lay)
         return csv_row(self.row, record, text, a)
 
     def add_shuffle(
-        self, record: CaptionRecord, text: str, a: CaptionAudit, opts: CaptionOptions, agg
+        self,
+        record: CaptionRecord,
+        text: str,
+        a: CaptionAudit,
+        opts: CaptionOptions,
+        agg,
+        lay: TagLayout | None,
     ) -> None:
         """Per-tag cut probabilities at each shuffle limit (see :mod:`audit_shuffle` for the method)."""
         if not opts.shuffle_caption:
@@ -204,7 +211,9 @@ class _RunContext:
         tags = split_tags(text, opts.caption_separator)
         simple = not any(getattr(opts, k) for k in _SIMPLE_SHUFFLE_OFF)
         additive = None
-        if simple:
+        if simple and lay is not None and lay.order_free:
+            additive = lay.lengths, lay.sep_tokens
+        elif simple:
             additive = tag_token_lengths(tags, self.encode, opts.caption_separator)
         n = self.settings.shuffle_samples
         for limit in agg.shuffle_limits:
@@ -276,4 +285,7 @@ def _subset_info(s: Subset) -> dict[str, Any]:
 def _empty_message(dataset: Dataset) -> str:
     found = "; ".join(m for examples in dataset.issues.examples.values() for _, m in examples[:3])
     where = f"{len(dataset.subsets)} subset(s)" if dataset.subsets else "no 'N_name' subfolder or subset"
-    return f"{dataset.path}: empty dataset, no captions found ({where}){'; ' + found if found else ''}"
+    hint = ""
+    if not dataset.subsets and FOLDER_RE.match(dataset.path.name):
+        hint = f"; '{dataset.path.name}' is itself an N_name folder: pass its parent, {dataset.path.parent}"
+    return f"{dataset.path}: empty dataset, no captions found ({where}){'; ' + found if found else ''}{hint}"

@@ -134,6 +134,8 @@ class TagLayout:
         sep_tokens: token count of the separator.
         first / last: context position of each tag's first / last token (None: no tokens).
         n_tokens: caption token count (no BOS/EOS).
+        order_free: every tag is non-empty and glues cleanly to the separator on both sides, so
+            the ids stay the concatenation of the parts in ANY tag order (shuffle).
     """
 
     tags: list[str]
@@ -142,6 +144,7 @@ class TagLayout:
     first: list[int | None]
     last: list[int | None]
     n_tokens: int
+    order_free: bool = False
 
 
 def tag_layout(caption: str, separator: str, encoder: CachedEncoder) -> TagLayout | None:
@@ -165,12 +168,13 @@ def tag_layout(caption: str, separator: str, encoder: CachedEncoder) -> TagLayou
     first = [lst - n + 1 if n else None for lst, n in zip(last_all, lengths, strict=True)]
     last = [lst if n else None for lst, n in zip(last_all, lengths, strict=True)]
     pos = last_all[-1] if last_all else 0
-    if not (clean and is_plain(caption)):
+    clean = clean and is_plain(caption)
+    if not clean:
         sep_ids = encoder(separator)
         joined = [i for k, tag in enumerate(tags) for i in (sep_ids if k else []) + encoder(tag)]
         if joined != encoder.uncached(caption):
             return None
-    return TagLayout(tags, lengths, n_sep, first, last, pos)
+    return TagLayout(tags, lengths, n_sep, first, last, pos, clean)
 
 
 def audit_tag_layout(

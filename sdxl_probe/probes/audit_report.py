@@ -18,6 +18,7 @@ ISSUE_TITLES = {
     "ignored_folder": "folders ignored (not N_name)",
     "empty_subset": "subsets without images",
     "bad_row": "caption list rows skipped",
+    "bad_file": "caption lists skipped",
 }
 
 

@@ -42,7 +42,12 @@ def relative(result: EmbedResult, view: str, drift: float | None) -> float | Non
 def plain_summary(result: EmbedResult) -> list[str]:
     """Findings, most important first; each line is a complete sentence with its numbers."""
     lines = []
-    if result.model.get("is_toy"):
+    if result.model.get("kind") == "tiny":
+        lines.append(
+            "Toy model (tiny, random weights): these encoders learned nothing. The figures only exercise "
+            "the method; they say nothing about real SDXL's CLIP encoders."
+        )
+    elif result.model.get("is_toy"):
         lines.append(
             "Toy model: these figures come from the project's small toy encoders trained on a toy world. "
             "They show the method; they do not describe real SDXL's CLIP encoders."
@@ -80,7 +85,7 @@ def _style_lines(result: EmbedResult) -> list[str]:
     n = len(result.pairs)
     rec = ", ".join(f"{VIEW_NAMES[v]} {acc:.0%}" for v, acc in result.retrieval.items())
     lines.append(
-        f"Each tag caption is closest to its own sentence (out of {n}) in: {rec}; chance is {1 / n:.0%}."
+        f"Each tag caption is closest to its own sentence (out of {n}) in: {rec}; chance is {1 / n:.1%}."
     )
     return lines
 

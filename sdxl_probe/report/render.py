@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     import jinja2
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
+# Probes may keep their own page templates here (each extending "base.html.j2").
+PROBE_TEMPLATE_DIR = Path(__file__).parent.parent / "probes" / "templates"
 TOY_KINDS = ("toy", "tiny")
 TOY_BANNER = "toy model — figures are from the project's toy model, not real SDXL"
 
@@ -80,7 +82,7 @@ def make_environment() -> jinja2.Environment:
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        loader=jinja2.FileSystemLoader([str(TEMPLATE_DIR), str(PROBE_TEMPLATE_DIR)]),
         autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -104,8 +106,9 @@ def render_page(template: str, context: dict[str, Any], out: str | Path, *, head
     """Render ``template`` with ``context`` and write it atomically to ``out``.
 
     Args:
-        template: a template file name under ``sdxl_probe/report/templates`` that extends
-            ``base.html.j2`` (e.g. ``"audit.html.j2"``).
+        template: a template file name under ``sdxl_probe/report/templates`` or
+            ``sdxl_probe/probes/templates`` that extends ``base.html.j2`` (e.g. ``"audit.html.j2"``;
+            ``"simple.html.j2"`` renders generic ``sections`` of paragraphs, figures and tables).
         context: values for the template; every string is HTML-escaped on output.
         out: the ``.html`` file to write.
         header: the shared page header.

@@ -39,12 +39,12 @@ class PretrainConfig:
     """Recipe settings; the defaults are the recipe of the shipped toy model."""
 
     arch: str = "toy"  # "toy" (shipped) or "tiny" (tests)
-    n_images: int = 8000  # rendered once; 2.4 passes over them at 800 x 24
+    n_images: int = 8000  # rendered once; 3.6 passes over them at 1200 x 24
     vae_joint_steps: int = 250
     vae_decoder_steps: int = 100
     vae_batch_size: int = 16
     vae_lr: float = 1e-3
-    steps: int = 800
+    steps: int = 1200
     batch_size: int = 24
     lr: float = 1e-3
     warmup_steps: int = 50

@@ -92,9 +92,13 @@ def train_vae(
 
 @torch.no_grad()
 def encode_latents(vae, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Posterior means ``(N, C, h, w)`` of ``pixels``, unscaled."""
+    """Posterior means ``(N, C, h, w)`` of ``pixels``, unscaled, contiguous.
+
+    The posterior mean is a channel slice of the encoder output; ``contiguous()`` gives the
+    memory layout a reloaded cache has, so a resumed run computes bit-identical steps.
+    """
     out = [vae.encode(pixels[i : i + batch_size]).latent_dist.mean for i in range(0, len(pixels), batch_size)]
-    return torch.cat(out)
+    return torch.cat(out).contiguous()
 
 
 def latent_scaling_factor(latents: torch.Tensor) -> float:
