@@ -3,8 +3,9 @@
 Goal (issue #6): capture costs at most 1.2x the plain sampler. Runs alternate (plain,
 captured, plain, ...) so both see the same machine load; the median of each is compared,
 in wall-clock time and in process CPU time (steadier on a shared, loaded machine).
-Uses the trained toy model when its weights exist, else the tiny random model (same code
-path, smaller UNet) and says so.
+Times ``sdxl_probe.generate.generate_images`` (the project sampler, CFG in one doubled
+batch). Uses the trained toy model when its weights exist, else the tiny random model
+(same code path, smaller UNet) and says so.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import time
 import torch
 
 
-def load() -> tuple[object, str]:
+def load(source: str) -> tuple[object, str]:
     from sdxl_probe.errors import ProbeError
     from sdxl_probe.models.load import load_components
 
     try:
-        return load_components("toy"), "toy model"
+        return load_components(source, dtype=torch.float32), f"{source} (toy model)"
     except ProbeError as e:
         from sdxl_probe.models.tiny import build_tiny_components
 
@@ -33,27 +34,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model", default="toy", help='"toy" or a model folder/file')
     args = parser.parse_args()
-    from sdxl_probe.attention.runs import CaptureOptions, sample_images
-    from sdxl_probe.text.encode import encode_captions
+    from sdxl_probe.attention.runs import CaptureOptions
+    from sdxl_probe.generate import generate_images
 
-    components, label = load()
+    components, label = load(args.model)
     side = components.unet.config.sample_size * components.vae_scale_factor
     prompts = ["a red circle, blue square, white background"] * args.batch
-    with torch.no_grad():
-        enc = encode_captions(components, prompts)
 
     def plain() -> None:
-        sample_images(
-            components,
-            enc.context,
-            enc.pooled,
-            height=side,
-            width=side,
-            steps=args.steps,
-            guidance=5.0,
-            seed=0,
-        )
+        generate_images(components, prompts, steps=args.steps, cfg=5.0, seed=0, batch_size=args.batch)
 
     def captured() -> None:
         with CaptureOptions().capture(components.unet, cfg_doubled=True):

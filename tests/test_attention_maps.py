@@ -42,6 +42,14 @@ def test_caption_words_multi_token_and_cut():
     assert torch.equal(heatmaps.group_map(maps, words[1].positions), (maps[2] + maps[3]) / 2)
 
 
+def test_caption_tags_skip_separators_and_empty_tags():
+    # caption "red circle, , sky": the second tag is empty, "sky" is cut from the context
+    spans = [(0, 3), (4, 10), (10, 11), (12, 13), (14, 17)]
+    tags = [("red circle", 0, 10), ("", 12, 12), ("sky", 14, 17)]
+    out = heatmaps.caption_tags(tags, spans, [1, 2, 3, 4, None])
+    assert [(t.text, t.positions, t.cut) for t in out] == [("red circle", (1, 2), False), ("sky", (), True)]
+
+
 def test_position_kinds_and_kind_maps():
     kinds = heatmaps.position_kinds(152, list(range(1, 100)))
     assert kinds[0] == "bos" and kinds[99] == "content" and kinds[100] == "eos"

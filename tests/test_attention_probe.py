@@ -31,6 +31,9 @@ def test_generate_batch_non_square_saves_and_reports(tiny_components, tmp_path):
     assert h * latent[1] == w * latent[0]  # the maps keep the latent's aspect ratio
     assert res.images.shape == (1, 2, height, width, 3) and res.is_toy
     assert [w["text"] for w in res.words[1]] == ["blue", "square"]
+    assert [t["text"] for t in res.tags[0]] == ["a red circle", "white background"]
+    assert res.tags[0][1]["positions"] == [5, 6]  # <bos> a red circle , white background
+    assert [t["text"] for t in res.metrics["words"][0][0]["tags"]] == ["a red circle", "white background"]
     assert res.kinds[1][:4] == ["bos", "content", "content", "eos"]
     assert torch.allclose(res.token_mass.sum(-1), torch.ones(1, 2), atol=1e-4)
     assert len(res.settings["timesteps"]) == 3 and res.metrics["ren"][0]["first_step_index"] == 0
@@ -51,7 +54,7 @@ def test_step_window_changes_maps(tiny_components):
     assert late.metrics["ren"][0]["first_step_index"] == 2
     assert not torch.allclose(full.token_maps, late.token_maps)
     with pytest.raises(ProbeError, match="no cross-attention call"):
-        attention.generate(tiny_components, ["red circle"], steps=2, options=CaptureOptions(steps=(5, 6)))
+        attention.generate(tiny_components, ["red circle"], steps=1, options=CaptureOptions(steps=(5, 6)))
 
 
 def test_long_prompt_word_in_second_chunk(tiny_components):

@@ -31,7 +31,7 @@ def toy():
     from sdxl_probe.models.load import load_components
 
     try:
-        return load_components("toy")
+        return load_components("toy", dtype=torch.float32)
     except ProbeError as e:
         pytest.skip(f"trained toy weights not available: {e}")
 

@@ -7,7 +7,14 @@ import pytest
 from typer.testing import CliRunner
 
 from sdxl_probe.errors import ProbeError
-from sdxl_probe.generate import check_size, default_size, generate_images, initial_noise, make_scheduler, time_ids
+from sdxl_probe.generate import (
+    check_size,
+    default_size,
+    generate_images,
+    initial_noise,
+    make_scheduler,
+    time_ids,
+)
 
 FAST = {"steps": 2, "cfg": 3.0}
 

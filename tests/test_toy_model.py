@@ -98,6 +98,7 @@ def _tiny_config():
     from sdxl_probe.toy.pretrain import PretrainConfig
 
     return PretrainConfig(arch="tiny", n_images=32, vae_joint_steps=2, vae_decoder_steps=1, vae_batch_size=4,
+                          decoder_steps=2, decoder_batch_size=4,
                           steps=4, batch_size=4, warmup_steps=1, checkpoint_every=100)
 
 
@@ -153,3 +154,13 @@ def test_pretrain_writes_a_loadable_diffusers_folder(tmp_path):
     back = load_components(model_dir, dtype=torch.float32)
     assert back.kind == "tiny" and back.vae.config.scaling_factor != 1.0
     assert np.isfinite(back.vae.config.scaling_factor)
+
+
+def test_every_step_draws_its_own_batch():
+    from sdxl_probe.toy.pretrain_data import step_rng
+
+    draws = {tuple(torch.randint(0, 10**6, (4,), generator=step_rng(0, "joint", s)[1]).tolist()) for s in range(300)}
+    assert len(draws) == 300  # a seed derived from a truncated key once gave every step the same batch
+    assert step_rng(0, "vae", 5)[0].random() != step_rng(1, "vae", 5)[0].random()
+    again = torch.randint(0, 10**6, (4,), generator=step_rng(0, "joint", 7)[1])
+    assert torch.equal(again, torch.randint(0, 10**6, (4,), generator=step_rng(0, "joint", 7)[1]))

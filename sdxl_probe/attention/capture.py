@@ -59,7 +59,8 @@ class AttentionRecorder:
 
     Attributes:
         sums: layer name -> running sum over recorded steps, (B, K, T, h, w) float32 on the
-            model's device. K is 1 (mean over the selected heads) or the number of selected
+            model's device (a view of the (B, K, h, w, T) buffer the processors add into,
+            which keeps each addition contiguous). K is 1 (mean over the selected heads) or the number of selected
             heads when ``keep_heads``; T is the context length of the call (77/152/227...).
         calls: layer name -> number of calls added to its sum.
         token_mass: step index -> (B, T) sum over recorded layers of the head- and
@@ -89,7 +90,7 @@ class AttentionRecorder:
         self.enabled = True
         self.step_index = 0
         self.timesteps: dict[int, float] = {}
-        self.sums: dict[str, torch.Tensor] = {}
+        self._sums: dict[str, torch.Tensor] = {}  # layer -> (B, K, h, w, T)
         self.calls: dict[str, int] = {}
         self.map_hw: dict[str, tuple[int, int]] = {}
         self.token_mass: dict[int, torch.Tensor] = {}
@@ -127,11 +128,16 @@ class AttentionRecorder:
             return
         per_head = self._select(probs.view(-1, n_heads, n_query, n_tokens))  # (B, K, N, T) float32
         self._add_token_mass(per_head.mean(dim=(1, 2)))
-        maps = per_head.reshape(*per_head.shape[:2], h, w, n_tokens).permute(0, 1, 4, 2, 3)  # (B, K, T, h, w)
-        if name in self.sums:
-            self.sums[name] += maps
+        maps = per_head.reshape(*per_head.shape[:2], h, w, n_tokens)  # (B, K, h, w, T)
+        if name in self._sums:
+            if self._sums[name].shape != maps.shape:
+                raise ProbeError(
+                    f"layer {name}: maps of shape {tuple(maps.shape)} cannot be added to a sum of shape "
+                    f"{tuple(self._sums[name].shape)}; capture one batch of one size per recorder"
+                )
+            self._sums[name] += maps
         else:
-            self.sums[name] = maps.contiguous().clone()
+            self._sums[name] = maps.clone()
         self.calls[name] = self.calls.get(name, 0) + 1
         self.map_hw[name] = (h, w)
 
@@ -165,7 +171,12 @@ class AttentionRecorder:
 
     def map_nbytes(self) -> int:
         """Bytes held by the running map sums (constant once every layer has been seen)."""
-        return sum(t.numel() * t.element_size() for t in self.sums.values())
+        return sum(t.numel() * t.element_size() for t in self._sums.values())
+
+    @property
+    def sums(self) -> dict[str, torch.Tensor]:
+        """Layer name -> (B, K, T, h, w) running sum over the recorded steps."""
+        return {name: buf.permute(0, 1, 4, 2, 3) for name, buf in self._sums.items()}
 
     def on_unet_call(self, sample: torch.Tensor, timestep: Any) -> None:
         """Note the latent size and timestep of a UNet forward (called by the UNet hook)."""

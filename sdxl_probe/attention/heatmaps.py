@@ -101,6 +101,26 @@ def caption_words(
     return words
 
 
+def caption_tags(
+    tags: Sequence[tuple[str, int, int]],
+    token_spans: Sequence[tuple[int, int]],
+    positions: Sequence[int | None],
+) -> list[Word]:
+    """Tags of a caption (``TokenizedCaption.tags``) with the context positions of their tokens.
+
+    A tag's map is the mean of its tokens' maps, as for a multi-token word; separators are
+    outside the stripped tag span, so they do not count. Empty tags are skipped.
+    """
+    out = []
+    for text, start, end in tags:
+        if start >= end:
+            continue
+        inside = [i for i, (s, e) in enumerate(token_spans) if s < end and e > start]
+        kept = tuple(positions[i] for i in inside if positions[i] is not None)
+        out.append(Word(text, start, end, kept, len(inside)))
+    return out
+
+
 def group_map(token_maps: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
     """Mean of the maps at ``positions`` (DAAM word map). (..., T, H, W) -> (..., H, W)."""
     if not positions:

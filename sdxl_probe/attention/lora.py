@@ -40,7 +40,9 @@ def lora_loaded(components: Any, path: str | Path, adapter_name: str = ADAPTER_N
         raise ModelLoadError(
             f"{path}: not a LoRA file diffusers can read ({e}); expected kohya/SGM/diffusers LoRA keys"
         ) from None
-    had_peft = {name: _has_peft(getattr(components, name)) for name in ("unet", "text_encoder", "text_encoder_2")}
+    had_peft = {
+        name: _has_peft(getattr(components, name)) for name in ("unet", "text_encoder", "text_encoder_2")
+    }
     loaded = _inject(Pipe, components, state, alphas, meta, adapter_name)
     if not loaded:
         raise ModelLoadError(

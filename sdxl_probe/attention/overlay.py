@@ -104,8 +104,22 @@ def caption_tiles(result, condition: int, caption: int) -> tuple[list[torch.Tens
     return maps, labels
 
 
+def tag_tiles(result, condition: int, caption: int) -> tuple[list[torch.Tensor], list[str]]:
+    """Tag maps (mean of the tag's tokens), only when some tag holds more than one word."""
+    from sdxl_probe.attention.heatmaps import group_map
+
+    tags = [t for t in (result.tags[caption] if result.tags else []) if t["positions"]]
+    words = {tuple(w["positions"]) for w in result.words[caption]}
+    if all(tuple(t["positions"]) in words for t in tags):
+        return [], []
+    token_maps = result.token_maps[condition, caption]
+    return [group_map(token_maps, t["positions"]) for t in tags], [t["text"] for t in tags]
+
+
 def write_overlays(result, folder: str | Path, cell: int = 128, per_row: int = 12) -> list[Path]:
     """One PNG grid per condition: per caption, the image then one overlay per word and special token.
+
+    A second row per caption shows tag maps when some tag holds several words.
 
     With base/LoRA condition pairs, an extra ``overlay_diff_*.png`` shows LoRA minus base per word.
 
@@ -119,6 +133,11 @@ def write_overlays(result, folder: str | Path, cell: int = 128, per_row: int = 1
         for b in range(len(result.captions)):
             maps, labels = caption_tiles(result, c, b)
             rows += _wrapped_rows(result.images[c, b], maps, [f"{label} #{b}"] + labels, cell, per_row)
+            tag_maps, tag_labels = tag_tiles(result, c, b)
+            if tag_maps:
+                rows += _wrapped_rows(
+                    result.images[c, b], tag_maps, [f"tags #{b}"] + tag_labels, cell, per_row
+                )
         paths.append(save_grid(rows, folder / f"overlay_{_slug(label)}.png"))
     for c, label in enumerate(result.conditions):
         if label.endswith("/base") and label.replace("/base", "/lora") in result.conditions:

@@ -38,6 +38,7 @@ class AttentionResult:
         words: per caption, dicts of ``heatmaps.Word`` fields (text, start, end, positions, n_tokens).
         images: (C, B, H, W, 3) uint8 images the maps belong to, or None.
         metrics: per-word and per-caption metrics (see ``probes.attention``).
+        tags: per caption, the same fields for each tag (caption split on commas).
     """
 
     mode: str
@@ -52,6 +53,7 @@ class AttentionResult:
     words: list[list[dict[str, Any]]]
     images: np.ndarray | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    tags: list[list[dict[str, Any]]] = field(default_factory=list)
 
     @property
     def is_toy(self) -> bool:
@@ -79,7 +81,12 @@ class AttentionResult:
             tensors["images"] = torch.from_numpy(np.ascontiguousarray(self.images, dtype=np.uint8))
         write_with(folder / MAPS_NAME, lambda p: save_file(tensors, str(p)))
         meta = {k: getattr(self, k) for k in ("mode", "model", "settings", "captions", "conditions", "kinds")}
-        meta |= {"token_labels": self.token_labels, "words": self.words, "metrics": self.metrics}
+        meta |= {
+            "token_labels": self.token_labels,
+            "words": self.words,
+            "tags": self.tags,
+            "metrics": self.metrics,
+        }
         meta["shapes"] = {k: list(v.shape) for k, v in tensors.items()}
         write_json(folder / META_NAME, meta)
         return folder

@@ -62,51 +62,23 @@ def unet_eps(
     return components.unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
 
 
-@torch.no_grad()
 def sample_images(
-    components: Any, context: torch.Tensor, pooled: torch.Tensor, *, height: int, width: int,
-    steps: int, guidance: float, seed: int,
+    components: Any, prompts: list[str], *, height: int, width: int, steps: int, guidance: float, seed: int,
+    max_token_length: int | None,
 ) -> np.ndarray:  # fmt: skip
-    """Sample with classifier-free guidance in one doubled batch [uncond; cond] per step.
+    """The project's sampler (``sdxl_probe.generate``) on all prompts in ONE batch.
 
-    The unconditional embeddings are zeros, as SDXL's ``force_zeros_for_empty_prompt``.
-
-    Args:
-        components: SDXLComponents.
-        context: (B, L, d) prompt embeddings; pooled: (B, p).
-        height, width: image size in pixels (multiples of ``vae_scale_factor``).
-        steps: denoising steps of the model's scheduler.
-        guidance: CFG scale; 1 runs the conditional batch only.
-        seed: seed of the initial noise (CPU generator, so runs match across devices).
+    One batch matters under capture: the recorder sums maps per batch row, so prompts
+    split over several sampler batches would be added onto each other. CFG runs as one
+    doubled batch [unconditional; conditional] per step (diffusers order).
 
     Returns:
         (B, height, width, 3) uint8 images.
     """
-    scheduler = type(components.scheduler).from_config(components.scheduler.config)
-    scheduler.set_timesteps(steps)
-    scale = components.vae_scale_factor
-    shape = (context.shape[0], components.unet.config.in_channels, height // scale, width // scale)
-    g = torch.Generator().manual_seed(seed)
-    latents = torch.randn(shape, generator=g).to(context) * scheduler.init_noise_sigma
-    doubled = guidance != 1.0
-    ctx = torch.cat([torch.zeros_like(context), context]) if doubled else context
-    pool = torch.cat([torch.zeros_like(pooled), pooled]) if doubled else pooled
-    for t in scheduler.timesteps:
-        x = torch.cat([latents, latents]) if doubled else latents
-        eps = unet_eps(components, scheduler.scale_model_input(x, t), t, ctx, pool, (height, width))
-        if doubled:
-            uncond, cond = eps.chunk(2)
-            eps = uncond + guidance * (cond - uncond)
-        latents = scheduler.step(eps, t, latents).prev_sample
-    return decode_latents(components, latents)
+    from sdxl_probe.generate import generate_images
 
-
-def decode_latents(components: Any, latents: torch.Tensor) -> np.ndarray:
-    """(B, C, h, w) latents -> (B, H, W, 3) uint8 images."""
-    vae = components.vae
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
-    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return generate_images(components, prompts, seed=seed, steps=steps, cfg=guidance, height=height, width=width,
+                           max_token_length=max_token_length, batch_size=len(prompts))  # fmt: skip
 
 
 @torch.no_grad()

@@ -16,6 +16,15 @@ _LAYERS = (
 )
 
 
+def _load(model: str, device: str):
+    """Float32 on the CPU (fp16 kernels there are slow and lossy); the stored dtype elsewhere."""
+    import torch
+
+    from sdxl_probe.models.load import load_components
+
+    return load_components(model, device=device, dtype=torch.float32 if device == "cpu" else None)
+
+
 def _capture_options(window, n_steps, layers, heads, resolutions, include_mid):
     from sdxl_probe.attention.inputs import capture_options
 
@@ -29,7 +38,7 @@ def generate(
     model: str = typer.Option(
         "toy", "--model", help='"toy", or an SDXL .safetensors file or diffusers folder.'
     ),
-    out: Path = typer.Option(Path("runs/attention"), "--out", help="Result folder (maps, overlays, report)."),
+    out: Path = typer.Option(Path("reports/attention"), "--out", help="Result folder (maps, overlays, report)."),
     steps: int = typer.Option(25, "--steps", help="Denoising steps."),
     guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial noise."),
@@ -48,11 +57,10 @@ def generate(
     device: str = typer.Option("cpu", "--device", help="Torch device."),
 ) -> None:
     """Generate images and write a heat map for every token and every word."""
-    from sdxl_probe.models.load import load_components
     from sdxl_probe.probes import attention
 
     options = _capture_options(window, steps, layers, heads, resolutions, include_mid)
-    components = load_components(model, device=device)
+    components = _load(model, device)
     result = attention.generate(components, prompt, height=height, width=width, steps=steps, guidance=guidance,
                                 seed=seed, max_token_length=max_token_length, options=options)  # fmt: skip
     typer.echo(attention.write_outputs(result, out))
@@ -78,7 +86,7 @@ def inspect(
     model: str = typer.Option(
         "toy", "--model", help='"toy", or an SDXL .safetensors file or diffusers folder.'
     ),
-    out: Path = typer.Option(Path("runs/attention"), "--out", help="Result folder (maps, overlays, report)."),
+    out: Path = typer.Option(Path("reports/attention"), "--out", help="Result folder (maps, overlays, report)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the noise (shared by timesteps, base and LoRA)."),
     max_token_length: int | None = typer.Option(None, "--max-token-length", help="75 (default), 150 or 225."),
     layers: str | None = typer.Option(None, "--layers", help=_LAYERS),
@@ -90,14 +98,13 @@ def inspect(
     device: str = typer.Option("cpu", "--device", help="Torch device."),
 ) -> None:
     """Noise training images at chosen timesteps and map where each tag of their caption binds."""
-    from sdxl_probe.models.load import load_components
     from sdxl_probe.probes import attention
 
     options = _capture_options(None, 1, layers, heads, resolutions, include_mid)
     from sdxl_probe.attention.inputs import load_images_and_captions, parse_ints
 
     images, captions = load_images_and_captions(image, caption, caption_ext)
-    components = load_components(model, device=device)
+    components = _load(model, device)
     result = attention.inspect(components, images, captions, timesteps=parse_ints(timesteps, "--timesteps") or (300, 500),
                                seed=seed, max_token_length=max_token_length, options=options, lora=lora)  # fmt: skip
     typer.echo(attention.write_outputs(result, out))

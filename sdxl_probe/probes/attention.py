@@ -37,7 +37,8 @@ def generate(
         components: SDXLComponents.
         prompts: B prompts, generated as one batch.
         height, width: pixels; default ``unet.config.sample_size * vae_scale_factor``.
-        steps, guidance, seed: sampler settings (CFG in one doubled batch).
+        steps, guidance, seed: sampler settings (``sdxl_probe.generate``; CFG in one doubled
+            batch, prompt i seeded with ``seed + i``).
         max_token_length: None (75), 150 or 225, sd-scripts chunking.
         options: layer, head, step-window and resolution selection.
 
@@ -47,16 +48,8 @@ def generate(
     height, width = _image_size(components, height, width)
     enc = _encode(components, prompts, max_token_length)
     with options.capture(components.unet, cfg_doubled=guidance != 1.0) as rec:
-        images = sample_images(
-            components,
-            enc.context,
-            enc.pooled,
-            height=height,
-            width=width,
-            steps=steps,
-            guidance=guidance,
-            seed=seed,
-        )
+        images = sample_images(components, prompts, height=height, width=width, steps=steps, guidance=guidance,
+                               seed=seed, max_token_length=max_token_length)  # fmt: skip
     maps, mass = _aggregate(rec, options.size)
     settings = _settings(options, mode="generate", height=height, width=width, steps=steps, guidance=guidance,
                          seed=seed, max_token_length=max_token_length, timesteps=list(rec.timesteps.values()))  # fmt: skip
@@ -179,22 +172,26 @@ def _settings(options: CaptureOptions, **extra: Any) -> dict[str, Any]:
 
 
 def _result(components, mode, enc, labels, maps, mass, images, settings) -> AttentionResult:
-    words, kinds, token_labels = [], [], []
+    words, tags, kinds, token_labels = [], [], [], []
     for b, tc in enumerate(enc.captions):
         layout = enc.layouts_te1[b]
         spans = [(tok.start, tok.end) for tok in tc.tokens]
-        found = heatmaps.caption_words(tc.caption, spans, layout.positions)
-        words.append([{"text": w.text, "start": w.start, "end": w.end, "positions": list(w.positions),
-                       "n_tokens": w.n_tokens} for w in found])  # fmt: skip
+        words.append([_as_dict(w) for w in heatmaps.caption_words(tc.caption, spans, layout.positions)])
+        tags.append([_as_dict(t) for t in heatmaps.caption_tags(tc.tags, spans, layout.positions)])
         content = [p for p in layout.positions if p is not None]
         kinds.append(heatmaps.position_kinds(maps.shape[2], content))
         token_labels.append(_token_labels(tc, layout, kinds[-1]))
     model = {"source": str(components.source), "kind": components.kind, "is_toy": components.is_toy,
              "hash": components.model_hash()}  # fmt: skip
     result = AttentionResult(mode, model, settings, [tc.caption for tc in enc.captions], labels, maps, mass,
-                             kinds, token_labels, words, images)  # fmt: skip
+                             kinds, token_labels, words, images, tags=tags)  # fmt: skip
     result.metrics["words"] = word_metrics(result)
     return result
+
+
+def _as_dict(word: heatmaps.Word) -> dict[str, Any]:
+    return {"text": word.text, "start": word.start, "end": word.end, "positions": list(word.positions),
+            "n_tokens": word.n_tokens}  # fmt: skip
 
 
 def _token_labels(tc: Any, layout: Any, kinds: list[str]) -> list[str]:
@@ -205,27 +202,36 @@ def _token_labels(tc: Any, layout: Any, kinds: list[str]) -> list[str]:
     return labels
 
 
-def word_metrics(result: AttentionResult) -> list[list[list[dict[str, Any]]]]:
-    """Per condition, caption and word: spatial entropy and attention mass of the word map.
+def word_metrics(result: AttentionResult) -> list[list[dict[str, Any]]]:
+    """Per condition and caption: spatial entropy and attention mass of every word and tag map.
 
     Also records, per caption, the BOS/EOS/padding shares and Ren et al.'s token entropy.
-    Returns a (C, B) nested list of dicts {"caption": {...}, "words": [...]}.
+    Returns a (C, B) nested list of dicts {"caption": {...}, "words": [...], "tags": [...]}.
     """
     out = []
     for c in range(len(result.conditions)):
         per_caption = []
-        for b, words in enumerate(result.words):
+        for b in range(len(result.captions)):
             mass = result.token_mass[c, b]
-            rows = [{"text": w["text"], "cut": len(w["positions"]) < w["n_tokens"],
-                     "spatial_entropy": metrics.spatial_entropy(heatmaps.group_map(result.token_maps[c, b], w["positions"])),
-                     "mass": float(mass[w["positions"]].sum())} for w in words if w["positions"]]  # fmt: skip
             summary = {
                 "shares": metrics.mass_shares(mass, result.kinds[b]),
                 "token_entropy": metrics.token_entropy(mass),
             }
-            per_caption.append({"caption": summary, "words": rows})
+            tags = result.tags[b] if result.tags else []
+            per_caption.append({"caption": summary, "words": _group_rows(result, c, b, result.words[b]),
+                                "tags": _group_rows(result, c, b, tags)})  # fmt: skip
         out.append(per_caption)
     return out
+
+
+def _group_rows(
+    result: AttentionResult, c: int, b: int, groups: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Spatial entropy and attention mass of each word or tag that kept at least one token."""
+    mass = result.token_mass[c, b]
+    return [{"text": g["text"], "cut": len(g["positions"]) < g["n_tokens"],
+             "spatial_entropy": metrics.spatial_entropy(word_map_at(result, c, b, g)),
+             "mass": float(mass[g["positions"]].sum())} for g in groups if g["positions"]]  # fmt: skip
 
 
 def word_map(result: AttentionResult, condition: int, caption: int, word: str) -> torch.Tensor:

@@ -27,6 +27,7 @@ def _caption_view(meta: dict[str, Any], c: int, b: int) -> dict[str, Any]:
     cut = [w["text"] for w in meta["words"][b] if not w["positions"]]
     return {"caption": meta["captions"][b], "shares": entry["caption"]["shares"],
             "token_entropy": entry["caption"]["token_entropy"], "words": entry["words"],
+            "tags": entry.get("tags", []) if len(entry.get("tags", [])) != len(entry["words"]) else [],
             "ren": ren[b] if ren else None, "cut_words": cut}  # fmt: skip
 
 

@@ -97,14 +97,17 @@ def drift_rows(result: EmbedResult) -> list[dict[str, Any]]:
 
 
 def heatmap_figure(result: EmbedResult) -> str:
-    """2 x 2 heatmaps of tag (rows) x sentence (columns) cosine, one per view."""
+    """2 x 2 heatmaps of tag (rows) x sentence (columns) cosine, double-centred, one per view."""
     import numpy as np
 
     fig = new_figure(10.0, 8.6)
     for k, (view, name) in enumerate(VIEW_NAMES.items()):
         ax = fig.add_subplot(2, 2, k + 1)
         mat = np.asarray(result.matrices[view], dtype=float)
-        im = ax.imshow(mat, cmap="viridis", interpolation="nearest")
+        # Double-centred: anisotropic encoders give every caption a near-constant offset
+        # (stripes) that would hide the diagonal; raw values stay in embed.json.
+        centred = mat - mat.mean(axis=1, keepdims=True) - mat.mean(axis=0, keepdims=True) + mat.mean()
+        im = ax.imshow(centred, cmap="viridis", interpolation="nearest")
         fig.colorbar(im, ax=ax, shrink=0.8)
         ax.set_title(f"{name} (width {result.model['widths'][view]})", fontsize=10)
         ax.set_xlabel("sentence caption #")

@@ -25,7 +25,7 @@ TIMESTEP = 400
 def word_positions(tokenized, layout, start: int, end: int) -> list[int]:
     """Context positions of the caption tokens overlapping the character span [start, end)."""
     return [
-        pos for tok, pos in zip(tokenized.tokens, layout.positions)
+        pos for tok, pos in zip(tokenized.tokens, layout.positions, strict=True)
         if pos is not None and tok.start < end and tok.end > start
     ]
 

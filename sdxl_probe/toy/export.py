@@ -36,10 +36,10 @@ def export_diffusers(
     ``kind`` ("toy" or "tiny") is recorded under the loader's ``_sdxl_probe_kind`` key so that
     ``load_components`` marks the model as a toy (reports must then say "toy model").
     """
-    from sdxl_probe.models.folder import KIND_KEY
-
     import diffusers
     from diffusers import EulerDiscreteScheduler
+
+    from sdxl_probe.models.folder import KIND_KEY
 
     folder = Path(folder)
     for name, model in (("vae", vae), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2),

@@ -29,7 +29,7 @@ from sdxl_probe.io import write_json, write_with
 from sdxl_probe.toy import model_config as mc
 from sdxl_probe.toy.checkpoint import TrainingStopped, graceful_stop, load_state, save_state
 from sdxl_probe.toy.pretrain_data import draw_caption, render_training_set, step_rng, token_ids
-from sdxl_probe.toy.pretrain_vae import encode_latents, latent_scaling_factor, train_vae
+from sdxl_probe.toy.pretrain_vae import encode_latents, latent_scaling_factor, train_decoder, train_vae
 
 ARCHITECTURES = {"toy": mc.TOY, "tiny": mc.TINY}
 
@@ -39,14 +39,17 @@ class PretrainConfig:
     """Recipe settings; the defaults are the recipe of the shipped toy model."""
 
     arch: str = "toy"  # "toy" (shipped) or "tiny" (tests)
-    n_images: int = 8000  # rendered once; 3.6 passes over them at 1200 x 24
-    vae_joint_steps: int = 250
-    vae_decoder_steps: int = 100
+    n_images: int = 8000  # rendered once; 1.9 passes over them at 640 x 24
+    vae_joint_steps: int = 160
+    vae_decoder_steps: int = 40
     vae_batch_size: int = 16
     vae_lr: float = 1e-3
-    steps: int = 1200
+    decoder_steps: int = 400  # decoder refinement on the cached latents, object-weighted loss
+    decoder_batch_size: int = 32
+    decoder_object_weight: float = 10.0  # extra loss weight on object pixels (colour fidelity)
+    steps: int = 640
     batch_size: int = 24
-    lr: float = 1e-3
+    lr: float = 1.5e-3
     warmup_steps: int = 50
     caption_dropout: float = 0.1  # share of captions replaced by "" (unconditional branch for CFG)
     min_snr_gamma: float = 5.0
@@ -158,12 +161,17 @@ def train_joint(
 
 
 def _vae_phase(cfg: PretrainConfig, arch, pixels, seed: int, state: Path, resume: bool, log):
-    """Train (or reload) the VAE; returns it with ``scaling_factor`` set, and the scaled latents."""
+    """Train (or reload) the VAE; returns it with ``scaling_factor`` set, and the scaled latents.
+
+    Order: encoder + decoder (:func:`train_vae`), the latents' cache, then the decoder
+    refinement on that cache (:func:`train_decoder`), which leaves the latents unchanged.
+    """
     from safetensors.torch import load_file, save_file
 
     torch.manual_seed(seed)
     vae = mc.build_vae(arch)
     final, lat_path = state / "vae_final.safetensors", state / "latents.safetensors"
+    refined = state / "vae_refined.safetensors"
     if resume and final.exists() and lat_path.exists():
         vae.load_state_dict(load_file(str(final)))
         latents = load_file(str(lat_path))["latents"]
@@ -173,7 +181,15 @@ def _vae_phase(cfg: PretrainConfig, arch, pixels, seed: int, state: Path, resume
                   resume=resume, checkpoint_every=cfg.checkpoint_every, log=log)
         latents = encode_latents(vae, pixels)
         write_with(final, lambda tmp: save_file(vae.state_dict(), str(tmp)))
-        write_with(lat_path, lambda tmp: save_file({"latents": latents.contiguous()}, str(tmp)))
+        write_with(lat_path, lambda tmp: save_file({"latents": latents}, str(tmp)))
+    if resume and refined.exists():
+        vae.load_state_dict(load_file(str(refined)))
+    elif cfg.decoder_steps:
+        train_decoder(vae, latents, pixels, seed=seed, steps=cfg.decoder_steps, batch_size=cfg.decoder_batch_size,
+                      lr=cfg.vae_lr, object_weight=cfg.decoder_object_weight,
+                      state_path=state / "decoder_state.safetensors", resume=resume,
+                      checkpoint_every=cfg.checkpoint_every, log=log)
+        write_with(refined, lambda tmp: save_file(vae.state_dict(), str(tmp)))
     vae.eval()
     scale = latent_scaling_factor(latents)
     vae.register_to_config(scaling_factor=scale)

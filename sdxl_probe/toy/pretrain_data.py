@@ -6,6 +6,7 @@ batches an uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 
@@ -45,7 +46,8 @@ def render_training_set(n: int, seed: int, size: int) -> ToyImages:
 def step_rng(seed: int, phase: str, step: int) -> tuple[random.Random, torch.Generator]:
     """The Python and torch generators of one training step (resume-exact by construction)."""
     key = f"{seed}-{phase}-{step}"
-    gen = torch.Generator().manual_seed(int.from_bytes(key.encode(), "little") % (2**63))
+    digest = hashlib.sha256(key.encode()).digest()  # every byte of the key changes the seed
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
     return random.Random(key), gen
 
 
