@@ -28,10 +28,10 @@ def embed(
         "toy", "--model", help='"toy", or an SDXL .safetensors file or diffusers folder.'
     ),
     out: Path = typer.Option(
-        Path("runs/embed"), "--out", help="Folder for embed.json, embed.csv and embed.html."
+        Path("reports/embed"), "--out", help="Folder for embed.json, embed.csv and embed.html."
     ),
     config: Path | None = typer.Option(
-        None, "--config", help="A TOML file with an [embed] table of settings."
+        None, "--config", help="A TOML file with an \\[embed] table of settings."
     ),
     seed: int | None = typer.Option(
         None, "--seed", help="Seed for pairings, shuffles and samples (overrides config)."
