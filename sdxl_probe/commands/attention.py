@@ -32,6 +32,15 @@ def _capture_options(window, n_steps, layers, heads, resolutions, include_mid):
                            resolutions=resolutions, include_mid=include_mid)  # fmt: skip
 
 
+# Options shared by `generate` and `inspect` (one definition, two commands).
+_MAX_TOKEN_LENGTH = typer.Option(None, "--max-token-length", help="75 (default), 150 or 225.")
+_LAYERS_OPT = typer.Option(None, "--layers", help=_LAYERS)
+_HEADS = typer.Option(None, "--heads", help="Comma-separated head indices (default: mean of all).")
+_RESOLUTIONS = typer.Option(None, "--resolutions", help="Map downsampling factors, e.g. 2,4.")
+_INCLUDE_MID = typer.Option(False, "--include-mid", help="Also record the mid block.")
+_DEVICE = typer.Option("cpu", "--device", help="Torch device.")
+
+
 @attention_app.command("generate")
 def generate(
     prompt: list[str] = typer.Argument(..., help="One or more prompts (generated as one batch)."),
@@ -46,15 +55,13 @@ def generate(
         None, "--height", help="Image height in pixels (default: the model's)."
     ),
     width: int | None = typer.Option(None, "--width", help="Image width in pixels (default: the model's)."),
-    max_token_length: int | None = typer.Option(None, "--max-token-length", help="75 (default), 150 or 225."),
+    max_token_length: int | None = _MAX_TOKEN_LENGTH,
     window: str | None = typer.Option(None, "--window", help=_WINDOW),
-    layers: str | None = typer.Option(None, "--layers", help=_LAYERS),
-    heads: str | None = typer.Option(
-        None, "--heads", help="Comma-separated head indices (default: mean of all)."
-    ),
-    resolutions: str | None = typer.Option(None, "--resolutions", help="Map downsampling factors, e.g. 2,4."),
-    include_mid: bool = typer.Option(False, "--include-mid", help="Also record the mid block."),
-    device: str = typer.Option("cpu", "--device", help="Torch device."),
+    layers: str | None = _LAYERS_OPT,
+    heads: str | None = _HEADS,
+    resolutions: str | None = _RESOLUTIONS,
+    include_mid: bool = _INCLUDE_MID,
+    device: str = _DEVICE,
 ) -> None:
     """Generate images and write a heat map for every token and every word."""
     from sdxl_probe.probes import attention
@@ -88,14 +95,12 @@ def inspect(
     ),
     out: Path = typer.Option(Path("reports/attention"), "--out", help="Result folder (maps, overlays, report)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the noise (shared by timesteps, base and LoRA)."),
-    max_token_length: int | None = typer.Option(None, "--max-token-length", help="75 (default), 150 or 225."),
-    layers: str | None = typer.Option(None, "--layers", help=_LAYERS),
-    heads: str | None = typer.Option(
-        None, "--heads", help="Comma-separated head indices (default: mean of all)."
-    ),
-    resolutions: str | None = typer.Option(None, "--resolutions", help="Map downsampling factors, e.g. 2,4."),
-    include_mid: bool = typer.Option(False, "--include-mid", help="Also record the mid block."),
-    device: str = typer.Option("cpu", "--device", help="Torch device."),
+    max_token_length: int | None = _MAX_TOKEN_LENGTH,
+    layers: str | None = _LAYERS_OPT,
+    heads: str | None = _HEADS,
+    resolutions: str | None = _RESOLUTIONS,
+    include_mid: bool = _INCLUDE_MID,
+    device: str = _DEVICE,
 ) -> None:
     """Noise training images at chosen timesteps and map where each tag of their caption binds."""
     from sdxl_probe.probes import attention
