@@ -5,7 +5,9 @@ It runs the same commands a user would type, each in its own process, and prints
 1. ``toy dataset``: a kohya-style folder of toy-world scenes with long captions (past 75 tokens);
 2. ``audit``: what the text encoders never see of those captions, with keep_tokens=1 and shuffle;
 3. ``embed``: tag versus sentence captions of the same scenes, per text encoder of the toy model;
-4. ``attention generate``: per-word cross-attention maps of toy-model generations.
+4. ``attention generate``: per-word cross-attention maps of toy-model generations;
+5. ``toy evaluate``: how well the toy model draws what it is asked, scored by the judge; the
+   index page states those figures, measured in the same run.
 
 Everything here comes from the project's toy model and toy world, and every page says so.
 """
@@ -39,7 +41,21 @@ def steps(out: Path) -> list[tuple[str, list[str], str]]:
         ("Cross-attention maps per word (toy model)",
          ["attention", "generate", *PROMPTS, "--model", "toy", "--out", str(out / "attention"),
           "--seed", "0", "--steps", "25"], "attention/attention.html"),
+        ("Toy model quality: the judge's scores on 212 prompts",
+         ["toy", "evaluate", "--out", str(out / "toy-eval"), "--seed", "0"], "toy-eval/report.html"),
     ]  # fmt: skip
+
+
+def model_status(out: Path) -> str:
+    """One sentence with the toy model's acceptance figures, read from this run's ``toy evaluate``."""
+    from sdxl_probe.toy.evaluate import ToyEvaluation
+
+    try:
+        result = ToyEvaluation.load(out / "toy-eval")
+    except (OSError, ValueError) as e:
+        return f"The toy model's quality figures are missing ({e}); run `sdxl-probe toy evaluate`."
+    parts = [f"{name} {value:.2f} ({verdict})" for name, value, verdict in result.acceptance()]
+    return "Toy model quality measured in this run (sdxl-probe toy evaluate): " + "; ".join(parts) + "."
 
 
 def run_step(args: list[str]) -> tuple[int, float]:
@@ -66,8 +82,7 @@ def main() -> int:
     sections = [{"title": "Reports", "links": links,
                  "paragraphs": ["Every figure on these pages comes from the project's toy model and toy world "
                                 "(a small learned SDXL-architecture model), not from real SDXL.",
-                                "The shipped toy model is still undertrained (colour right on 38% of single-object "
-                                "prompts, attention IoU 0.14): see sdxl_probe/toy/weights/README.md."]}]  # fmt: skip
+                                model_status(OUT)]}]  # fmt: skip
     if failed:
         sections.append({"title": "Steps that failed", "paragraphs": failed})
     header = ReportHeader(title="sdxl-probe demo", model="toy", model_kind="toy", dataset=str(OUT / "data"))

@@ -101,8 +101,7 @@ def test_evaluate_writes_figures_and_report(toy, tmp_path):
 def _tiny_config():
     from sdxl_probe.toy.pretrain import PretrainConfig
 
-    return PretrainConfig(arch="tiny", n_images=32, vae_joint_steps=2, vae_decoder_steps=1, vae_batch_size=4,
-                          decoder_steps=2, decoder_batch_size=4,
+    return PretrainConfig(arch="tiny", n_images=32, vae_steps=3, vae_batch_size=4,
                           steps=4, batch_size=4, warmup_steps=1, checkpoint_every=100)
 
 

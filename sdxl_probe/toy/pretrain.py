@@ -29,7 +29,7 @@ from sdxl_probe.io import write_json, write_with
 from sdxl_probe.toy import model_config as mc
 from sdxl_probe.toy.checkpoint import TrainingStopped, graceful_stop, load_state, save_state
 from sdxl_probe.toy.pretrain_data import draw_caption, render_training_set, step_rng, token_ids
-from sdxl_probe.toy.pretrain_vae import encode_latents, latent_scaling_factor, train_decoder, train_vae
+from sdxl_probe.toy.pretrain_vae import encode_latents, latent_scaling_factor, train_vae
 
 ARCHITECTURES = {"toy": mc.TOY, "tiny": mc.TINY}
 
@@ -39,30 +39,30 @@ class PretrainConfig:
     """Recipe settings; the defaults are the recipe of the shipped toy model."""
 
     arch: str = "toy"  # "toy" (shipped) or "tiny" (tests)
-    n_images: int = 8000  # rendered once; 5.4 passes over them at 1800 x 24
-    vae_joint_steps: int = 160
-    vae_decoder_steps: int = 40
-    vae_batch_size: int = 16
-    vae_lr: float = 1e-3
-    decoder_steps: int = 400  # decoder refinement on the cached latents, object-weighted loss
-    decoder_batch_size: int = 32
-    decoder_object_weight: float = 10.0  # extra loss weight on object pixels (colour fidelity)
-    steps: int = 1800
-    batch_size: int = 24
+    n_images: int = 20000  # rendered once; about 13 passes over them at 4000 x 64
+    vae_steps: int = 500
+    vae_batch_size: int = 32
+    vae_lr: float = 2e-3
+    vae_object_weight: float = 4.0  # extra loss weight on object pixels (their colours and corners)
+    steps: int = 4000
+    batch_size: int = 64
     lr: float = 1e-3
-    warmup_steps: int = 50
+    warmup_steps: int = 100
     caption_dropout: float = 0.1  # share of captions replaced by "" (unconditional branch for CFG)
+    pooled_dropout: float = 0.25  # share of samples whose pooled vector is zeroed: text must flow through cross-attention
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.998  # max decay; EMA warm-up ramps towards it
     checkpoint_every: int = 100
     threads: int = 2  # torch intra-op threads: the 2 cores of the reference machine (1 on a shared machine)
     bf16_autocast: bool = True  # TE + UNet forward under CPU bf16 autocast: ~1.4x less CPU (AVX512-BF16)
+    eager_attention: bool = True  # plain matmul attention while training: SDPA's CPU backward is ~2x slower here
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ProbeError(f"arch {self.arch!r} unknown; expected one of {sorted(ARCHITECTURES)}")
-        if not 0.0 <= self.caption_dropout < 1.0:
-            raise ProbeError(f"caption_dropout {self.caption_dropout} must be in [0, 1)")
+        for name in ("caption_dropout", "pooled_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ProbeError(f"{name} {getattr(self, name)} must be in [0, 1)")
 
 
 def encode_ids(te1, te2, ids1: torch.Tensor, ids2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +76,25 @@ def encode_ids(te1, te2, ids1: torch.Tensor, ids2: torch.Tensor) -> tuple[torch.
     out2 = te2(ids2, output_hidden_states=True)
     context = torch.cat([h1, out2.hidden_states[-2]], dim=-1)  # (B, 77, d1 + d2)
     return context, out2.text_embeds
+
+
+def set_training_attention(unet, te1, te2, eager: bool) -> None:
+    """Eager (matmul + softmax) attention in all three networks, or back to their SDPA default.
+
+    Same maths; on two CPU cores the flash-attention backward of SDPA took a third of a step.
+    Processors are not saved with the weights, so the exported model keeps the fast default.
+    """
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    unet.set_attn_processor(AttnProcessor() if eager else AttnProcessor2_0())
+    for te in (te1, te2):
+        te.set_attn_implementation("eager" if eager else "sdpa")
+
+
+def drop_pooled(pooled: torch.Tensor, gen: torch.Generator, rate: float) -> torch.Tensor:
+    """Zero the pooled vector ``(B, P)`` of a random ``rate`` share of the samples."""
+    keep = (torch.rand(pooled.shape[0], 1, generator=gen) >= rate).to(pooled.dtype)  # (B, 1)
+    return pooled * keep
 
 
 def text_batch(scenes, idx: torch.Tensor, rng, dropout: float, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,6 +125,9 @@ def train_joint(
     The whole loop is here: draw a batch (scene indices, captions, noise and timesteps from
     the step's own generators), noise the latents with the DDPM schedule, predict the noise,
     weight the MSE by min(SNR, gamma) / SNR, step AdamW, the LR schedule and the EMA.
+    Besides caption dropout (for CFG), the pooled vector alone is zeroed for a share of the
+    samples, so the UNet cannot get the whole caption through ``text_embeds`` and must read it
+    through cross-attention, which is what the per-word maps show.
     """
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel, compute_snr
@@ -136,6 +158,7 @@ def train_joint(
             xt = noise_scheduler.add_noise(x0, noise, t)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
                 context, pooled = encode_ids(te1, te2, ids1, ids2)
+                pooled = drop_pooled(pooled, gen, cfg.pooled_dropout)
                 cond = {"text_embeds": pooled, "time_ids": time_ids(cfg.batch_size, image_size, image_size)}
                 pred = unet(xt, t, context, added_cond_kwargs=cond).sample.float()  # (B, C, h, w)
             snr = compute_snr(noise_scheduler, t)
@@ -161,35 +184,23 @@ def train_joint(
 
 
 def _vae_phase(cfg: PretrainConfig, arch, pixels, seed: int, state: Path, resume: bool, log):
-    """Train (or reload) the VAE; returns it with ``scaling_factor`` set, and the scaled latents.
-
-    Order: encoder + decoder (:func:`train_vae`), the latents' cache, then the decoder
-    refinement on that cache (:func:`train_decoder`), which leaves the latents unchanged.
-    """
+    """Train (or reload) the VAE; returns it with ``scaling_factor`` set, and the scaled latents."""
     from safetensors.torch import load_file, save_file
 
     torch.manual_seed(seed)
     vae = mc.build_vae(arch)
     final, lat_path = state / "vae_final.safetensors", state / "latents.safetensors"
-    refined = state / "vae_refined.safetensors"
     if resume and final.exists() and lat_path.exists():
         vae.load_state_dict(load_file(str(final)))
         latents = load_file(str(lat_path))["latents"]
     else:
-        train_vae(vae, pixels, seed=seed, joint_steps=cfg.vae_joint_steps, decoder_steps=cfg.vae_decoder_steps,
-                  batch_size=cfg.vae_batch_size, lr=cfg.vae_lr, state_path=state / "vae_state.safetensors",
-                  resume=resume, checkpoint_every=cfg.checkpoint_every, log=log)
+        train_vae(vae, pixels, seed=seed, steps=cfg.vae_steps, batch_size=cfg.vae_batch_size, lr=cfg.vae_lr,
+                  object_weight=cfg.vae_object_weight, bf16=cfg.bf16_autocast,
+                  state_path=state / "vae_state.safetensors", resume=resume,
+                  checkpoint_every=cfg.checkpoint_every, log=log)
         latents = encode_latents(vae, pixels)
         write_with(final, lambda tmp: save_file(vae.state_dict(), str(tmp)))
         write_with(lat_path, lambda tmp: save_file({"latents": latents}, str(tmp)))
-    if resume and refined.exists():
-        vae.load_state_dict(load_file(str(refined)))
-    elif cfg.decoder_steps:
-        train_decoder(vae, latents, pixels, seed=seed, steps=cfg.decoder_steps, batch_size=cfg.decoder_batch_size,
-                      lr=cfg.vae_lr, object_weight=cfg.decoder_object_weight,
-                      state_path=state / "decoder_state.safetensors", resume=resume,
-                      checkpoint_every=cfg.checkpoint_every, log=log)
-        write_with(refined, lambda tmp: save_file(vae.state_dict(), str(tmp)))
     vae.eval()
     scale = latent_scaling_factor(latents)
     vae.register_to_config(scaling_factor=scale)
@@ -216,9 +227,11 @@ def pretrain(out: Path, cfg: PretrainConfig, *, seed: int = 0, resume: bool = Fa
     torch.manual_seed(seed + 1)
     te1, te2 = mc.build_text_encoders(arch)
     unet = mc.build_unet(arch)
+    set_training_attention(unet, te1, te2, eager=cfg.eager_attention)
     ema, params = train_joint(unet, te1, te2, latents, data.scenes, cfg=cfg, seed=seed, image_size=arch.image_size,
                               state_path=state / "joint_state.safetensors", resume=resume, log=log)
     ema.copy_to(params)
+    set_training_attention(unet, te1, te2, eager=False)
     model_dir = export_diffusers(out / "model", vae=vae, text_encoder=te1, text_encoder_2=te2, unet=unet,
                                  kind=cfg.arch)
     elapsed = time.time() - t_start
