@@ -167,3 +167,31 @@ def test_every_step_draws_its_own_batch():
     assert step_rng(0, "vae", 5)[0].random() != step_rng(1, "vae", 5)[0].random()
     again = torch.randint(0, 10**6, (4,), generator=step_rng(0, "joint", 7)[1])
     assert torch.equal(again, torch.randint(0, 10**6, (4,), generator=step_rng(0, "joint", 7)[1]))
+
+
+def test_pooled_dropout_zeroes_whole_rows_at_the_rate():
+    from sdxl_probe.toy.pretrain import drop_pooled
+
+    pooled = torch.randn(4000, 8) + 3.0
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(drop_pooled(pooled, gen, 0.0), pooled)
+    out = drop_pooled(pooled, gen, 0.25)
+    zeroed = (out == 0).all(dim=1)
+    assert torch.equal(out[~zeroed], pooled[~zeroed])  # kept rows untouched
+    assert 0.22 < zeroed.float().mean().item() < 0.28
+
+
+def test_training_attention_is_switched_back_to_sdpa(tiny_components):
+    import copy
+
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from sdxl_probe.toy.pretrain import set_training_attention
+
+    unet, te = copy.deepcopy(tiny_components.unet), copy.deepcopy(tiny_components.text_encoder)  # shared fixture
+    set_training_attention([unet, te], eager=True)
+    assert all(isinstance(p, AttnProcessor) for p in unet.attn_processors.values())
+    assert te.config._attn_implementation == "eager"
+    set_training_attention([unet, te], eager=False)
+    assert all(isinstance(p, AttnProcessor2_0) for p in unet.attn_processors.values())
+    assert te.config._attn_implementation == "sdpa"

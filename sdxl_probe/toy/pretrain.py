@@ -78,17 +78,20 @@ def encode_ids(te1, te2, ids1: torch.Tensor, ids2: torch.Tensor) -> tuple[torch.
     return context, out2.text_embeds
 
 
-def set_training_attention(unet, te1, te2, eager: bool) -> None:
-    """Eager (matmul + softmax) attention in all three networks, or back to their SDPA default.
+def set_training_attention(models, eager: bool) -> None:
+    """Eager (matmul + softmax) attention in every model, or back to their SDPA default.
 
     Same maths; on two CPU cores the flash-attention backward of SDPA took a third of a step.
-    Processors are not saved with the weights, so the exported model keeps the fast default.
+    diffusers models swap attention processors, transformers models their implementation;
+    neither is saved with the weights, so the exported model keeps the fast default.
     """
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    unet.set_attn_processor(AttnProcessor() if eager else AttnProcessor2_0())
-    for te in (te1, te2):
-        te.set_attn_implementation("eager" if eager else "sdpa")
+    for model in models:
+        if hasattr(model, "set_attn_processor"):
+            model.set_attn_processor(AttnProcessor() if eager else AttnProcessor2_0())
+        else:
+            model.set_attn_implementation("eager" if eager else "sdpa")
 
 
 def drop_pooled(pooled: torch.Tensor, gen: torch.Generator, rate: float) -> torch.Tensor:
@@ -194,10 +197,12 @@ def _vae_phase(cfg: PretrainConfig, arch, pixels, seed: int, state: Path, resume
         vae.load_state_dict(load_file(str(final)))
         latents = load_file(str(lat_path))["latents"]
     else:
+        set_training_attention([vae], eager=cfg.eager_attention)
         train_vae(vae, pixels, seed=seed, steps=cfg.vae_steps, batch_size=cfg.vae_batch_size, lr=cfg.vae_lr,
                   object_weight=cfg.vae_object_weight, bf16=cfg.bf16_autocast,
                   state_path=state / "vae_state.safetensors", resume=resume,
                   checkpoint_every=cfg.checkpoint_every, log=log)
+        set_training_attention([vae], eager=False)
         latents = encode_latents(vae, pixels)
         write_with(final, lambda tmp: save_file(vae.state_dict(), str(tmp)))
         write_with(lat_path, lambda tmp: save_file({"latents": latents}, str(tmp)))
@@ -227,11 +232,11 @@ def pretrain(out: Path, cfg: PretrainConfig, *, seed: int = 0, resume: bool = Fa
     torch.manual_seed(seed + 1)
     te1, te2 = mc.build_text_encoders(arch)
     unet = mc.build_unet(arch)
-    set_training_attention(unet, te1, te2, eager=cfg.eager_attention)
+    set_training_attention([unet, te1, te2], eager=cfg.eager_attention)
     ema, params = train_joint(unet, te1, te2, latents, data.scenes, cfg=cfg, seed=seed, image_size=arch.image_size,
                               state_path=state / "joint_state.safetensors", resume=resume, log=log)
     ema.copy_to(params)
-    set_training_attention(unet, te1, te2, eager=False)
+    set_training_attention([unet, te1, te2], eager=False)
     model_dir = export_diffusers(out / "model", vae=vae, text_encoder=te1, text_encoder_2=te2, unet=unet,
                                  kind=cfg.arch)
     elapsed = time.time() - t_start
