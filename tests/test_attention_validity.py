@@ -19,6 +19,7 @@ import torch
 
 from sdxl_probe.attention import metrics
 from sdxl_probe.probes import attention
+from sdxl_probe.toy.evaluate_attention import word_masks
 
 N_IMAGES = 50
 IOU_BAR = 0.40
@@ -46,14 +47,6 @@ def _scenes(n: int, seed: int):
     rng = random.Random(seed)
     scenes = [sample_scene(rng, n_objects=rng.randint(1, 2)) for _ in range(n)]
     return scenes, [caption_scene(s, "tags", rng) for s in scenes]
-
-
-def _shape_masks(scene, masks: np.ndarray) -> dict[str, np.ndarray]:
-    """Shape word -> union of the masks of the objects with that shape."""
-    out: dict[str, np.ndarray] = {}
-    for obj, mask in zip(scene.objects, masks, strict=True):
-        out[obj.shape] = out.get(obj.shape, np.zeros_like(mask)) | mask
-    return out
 
 
 def _score(result, condition: int, targets: list[dict[str, np.ndarray]]) -> tuple[list[float], list[float]]:
@@ -86,7 +79,7 @@ def inspect_scores(toy):
     scenes, captions = _scenes(N_IMAGES, seed=6)
     rendered = [render_scene(s, size=side) for s in scenes]
     images = np.stack([im for im, _ in rendered])
-    targets = [_shape_masks(s, masks) for s, (_, masks) in zip(scenes, rendered, strict=True)]
+    targets = [word_masks(s, masks, "shape") for s, (_, masks) in zip(scenes, rendered, strict=True)]
     scores = {t: ([], []) for t in INSPECT_T}
     for start in range(0, N_IMAGES, BATCH):
         part = slice(start, start + BATCH)
