@@ -3,7 +3,7 @@
 Goal (issue #6): capture costs at most 1.2x the plain sampler. Runs alternate (plain,
 captured, plain, ...) so both see the same machine load; the median of each is compared,
 in wall-clock time and in process CPU time (steadier on a shared, loaded machine).
-Times ``sdxl_probe.generate.generate_images`` (the project sampler, CFG in one doubled
+Times ``sdxl_probe.pipeline.sampling.generate_images`` (the project sampler, CFG in one doubled
 batch). Uses the trained toy model when its weights exist, else the tiny random model
 (same code path, smaller UNet) and says so.
 """
@@ -36,8 +36,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", default="toy", help='"toy" or a model folder/file')
     args = parser.parse_args()
-    from sdxl_probe.attention.runs import CaptureOptions
-    from sdxl_probe.generate import generate_images
+    from sdxl_probe.pipeline.sampling import generate_images
+    from sdxl_probe.probes.attention.runs import CaptureOptions
 
     components, label = load(args.model)
     side = components.unet.config.sample_size * components.vae_scale_factor

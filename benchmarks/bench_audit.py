@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from sdxl_probe.models.tokenizers import build_clip_tokenizer
-    from sdxl_probe.probes.audit_caption import CachedEncoder, tag_layout
+    from sdxl_probe.probes.audit.caption import CachedEncoder, tag_layout
     from sdxl_probe.text.bpe import ClipBPE
 
     caps = make_captions(args.n)

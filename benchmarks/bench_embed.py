@@ -29,9 +29,9 @@ def load_model():
 
 
 def main() -> None:
-    from sdxl_probe.encoding_cache import EncodingCache
-    from sdxl_probe.probes.embed import EmbedSettings, run_embed
-    from sdxl_probe.probes.embed_inputs import toy_pairs
+    from sdxl_probe.pipeline.encoding_cache import EncodingCache
+    from sdxl_probe.probes.embed.core import EmbedSettings, run_embed
+    from sdxl_probe.probes.embed.inputs import toy_pairs
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=200)

@@ -48,7 +48,7 @@ def steps(out: Path) -> list[tuple[str, list[str], str]]:
 
 def model_status(out: Path) -> str:
     """One sentence with the toy model's acceptance figures, read from this run's ``toy evaluate``."""
-    from sdxl_probe.toy.evaluate import ToyEvaluation
+    from sdxl_probe.probes.toy_eval.core import ToyEvaluation
 
     try:
         result = ToyEvaluation.load(out / "toy-eval")

@@ -1,17 +1,17 @@
-"""Tests for sdxl_probe.attention.capture on a tiny SDXL-architecture UNet built from config."""
+"""Tests for sdxl_probe.probes.attention.capture on a tiny SDXL-architecture UNet built from config."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sdxl_probe.attention.capture import (
+from sdxl_probe.errors import ProbeError
+from sdxl_probe.probes.attention.capture import (
     RecordingAttnProcessor,
     capture_cross_attention,
     infer_map_hw,
     select_cross_attention_layers,
 )
-from sdxl_probe.errors import ProbeError
 
 CROSS_DIM = 48  # TE1 16 + TE2 32 wide
 

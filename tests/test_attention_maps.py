@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from sdxl_probe.attention import heatmaps, metrics, overlay
-from sdxl_probe.attention.result import AttentionResult
 from sdxl_probe.errors import ProbeError
+from sdxl_probe.probes.attention import heatmaps, metrics, overlay
+from sdxl_probe.probes.attention.result import AttentionResult
 
 
 def test_global_heat_map_means_layers_after_upsampling():
@@ -142,7 +142,7 @@ def test_overlay_grid(tmp_path):
 
 
 def test_cli_option_parsing(tmp_path):
-    from sdxl_probe.attention.inputs import capture_options, load_images_and_captions, parse_window
+    from sdxl_probe.commands.attention_options import capture_options, load_images_and_captions, parse_window
 
     assert parse_window("early", 25) == (0, 8) and parse_window("late", 25) == (16, 25)
     assert parse_window("3:", 10) == (3, 10) and parse_window(None, 10) is None

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from sdxl_probe.attention.result import AttentionResult
-from sdxl_probe.attention.runs import CaptureOptions
 from sdxl_probe.errors import ProbeError
-from sdxl_probe.probes import attention
+from sdxl_probe.probes.attention import core as attention
+from sdxl_probe.probes.attention.result import AttentionResult
+from sdxl_probe.probes.attention.runs import CaptureOptions
 
 
 def _side(components) -> int:
@@ -106,7 +106,7 @@ def test_inspect_with_lora_compares_and_unloads(tiny_components, tmp_path):
     assert components.unet.state_dict().keys() == before.keys()  # adapter removed again
     again = attention.inspect(components, image, ["red circle", "blue square"], timesteps=(300,))
     assert torch.allclose(again.token_maps[0], res.token_maps[0], atol=1e-6)
-    from sdxl_probe.attention.overlay import write_overlays
+    from sdxl_probe.probes.attention.overlay import write_overlays
 
     paths = write_overlays(res, tmp_path / "out")
     assert any(p.name.startswith("overlay_diff_t_300") for p in paths)

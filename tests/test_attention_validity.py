@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from sdxl_probe.attention import metrics
-from sdxl_probe.probes import attention
-from sdxl_probe.toy.evaluate_attention import word_masks
+from sdxl_probe.probes.attention import core as attention
+from sdxl_probe.probes.attention import metrics
+from sdxl_probe.probes.toy_eval.attention import word_masks
 
 N_IMAGES = 50
 IOU_BAR = 0.40

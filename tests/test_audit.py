@@ -22,9 +22,9 @@ from audit_data import (
 from typer.testing import CliRunner
 
 from sdxl_probe.cli import app
-from sdxl_probe.datasets import open_dataset
-from sdxl_probe.probes.audit import AuditResult, AuditSettings, run_audit
-from sdxl_probe.probes.audit_caption import caption_style, normalize_caption
+from sdxl_probe.data.dataset import open_dataset
+from sdxl_probe.probes.audit.caption import caption_style, normalize_caption
+from sdxl_probe.probes.audit.core import AuditResult, AuditSettings, run_audit
 
 LIMITS = (75, 150, 225)
 
@@ -200,7 +200,7 @@ def test_report_rerenders_from_saved_files_without_torch(audited):
     page = audited["out"] / "index.html"
     page.unlink()
     code = (
-        "import sys; from sdxl_probe.report import render_report; "
+        "import sys; from sdxl_probe.reports import render_report; "
         f"p = render_report('audit', {str(audited['out'])!r}); "
         "print(p.name, 'torch' in sys.modules, 'transformers' in sys.modules)"
     )

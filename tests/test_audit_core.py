@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdxl_probe.probes.audit_caption import CachedEncoder, audit_caption, audit_tag_layout, tag_layout
-from sdxl_probe.probes.audit_shuffle import cut_probabilities, split_tags, tag_token_lengths
+from sdxl_probe.probes.audit.caption import CachedEncoder, audit_caption, audit_tag_layout, tag_layout
+from sdxl_probe.probes.audit.shuffle import cut_probabilities, split_tags, tag_token_lengths
 from sdxl_probe.text.bpe import get_bpe
 from sdxl_probe.text.captions import CaptionOptions, process_caption
 from sdxl_probe.text.tokens import tokenize_caption

@@ -11,9 +11,9 @@ from audit_data import PNG_1X1, write_kohya_folder
 from typer.testing import CliRunner
 
 from sdxl_probe.cli import app
-from sdxl_probe.datasets import open_dataset
+from sdxl_probe.data.dataset import open_dataset
 from sdxl_probe.errors import ConfigError, DatasetError
-from sdxl_probe.probes.audit import AuditSettings, run_audit
+from sdxl_probe.probes.audit.core import AuditSettings, run_audit
 
 TOML = """
 [general]

@@ -20,8 +20,8 @@ from audit_data import (
 from typer.testing import CliRunner
 
 from sdxl_probe.cli import app
-from sdxl_probe.datasets import open_dataset
-from sdxl_probe.probes.audit import AuditResult, AuditSettings, run_audit
+from sdxl_probe.data.dataset import open_dataset
+from sdxl_probe.probes.audit.core import AuditResult, AuditSettings, run_audit
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sdxl_probe.demo import model_status
-from sdxl_probe.toy.evaluate import ToyEvaluation
+from sdxl_probe.probes.toy_eval.core import ToyEvaluation
 
 
 def _evaluation(single_colour: float) -> ToyEvaluation:

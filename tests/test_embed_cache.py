@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sdxl_probe.encoding_cache import EncodeSettings, EncodingCache
+from sdxl_probe.pipeline.encoding_cache import EncodeSettings, EncodingCache
 
 
 def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from sdxl_probe.errors import DatasetError, ProbeError
-from sdxl_probe.probes.embed_inputs import CaptionPair, parse_pair, read_csv, read_folder, read_lists
-from sdxl_probe.probes.embed_sensitivity import join_tags, shuffled_orders, split_tags, tag_span
+from sdxl_probe.probes.embed.inputs import CaptionPair, parse_pair, read_csv, read_folder, read_lists
+from sdxl_probe.probes.embed.sensitivity import join_tags, shuffled_orders, split_tags, tag_span
 
 
 def test_parse_pair():
@@ -96,7 +96,7 @@ def test_shuffled_orders_differ_and_are_seeded():
 
 
 def test_gather_pairs_from_each_source(tmp_path):
-    from sdxl_probe.probes.embed_cli import gather_pairs
+    from sdxl_probe.commands.embed_options import gather_pairs
 
     (tmp_path / "a.tags.txt").write_text("red circle, white background")
     (tmp_path / "a.sentence.txt").write_text("a red circle on a white background")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdxl_probe.probes.embed_metrics import (
+from sdxl_probe.probes.embed.metrics import (
     best_match_similarity,
     content_positions,
     cosine,

@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from sdxl_probe.encoding_cache import EncodeSettings, EncodingCache, encode_cached
-from sdxl_probe.probes.embed_measures import pair_values
-from sdxl_probe.probes.embed_metrics import shared_word_positions
-from sdxl_probe.probes.embed_sensitivity import (
+from sdxl_probe.pipeline.encoding_cache import EncodeSettings, EncodingCache, encode_cached
+from sdxl_probe.probes.embed.measures import pair_values
+from sdxl_probe.probes.embed.metrics import shared_word_positions
+from sdxl_probe.probes.embed.sensitivity import (
     cut_after_tokens,
     order_sensitivity,
     position_sensitivity,
@@ -68,7 +68,7 @@ def test_word_alignment_maps_shared_words_to_their_token_positions(encode):
 
 
 def test_cached_encoding_equals_fresh_and_rebuilds_bookkeeping(tiny_components, tmp_path):
-    from sdxl_probe.text.encode import encode_captions
+    from sdxl_probe.pipeline.conditioning import encode_captions
 
     cache = EncodingCache(tmp_path, tiny_components.model_hash())
     captions = [TAGS, SENTENCE, TAGS, LONG]
@@ -134,7 +134,7 @@ def test_weighting_scales_tag_states_and_leaves_pooled(encode):
 
 
 def test_settings_validation():
-    from sdxl_probe.probes.embed import EmbedSettings
+    from sdxl_probe.probes.embed.core import EmbedSettings
 
     assert EmbedSettings(max_token_length=75).max_token_length is None
     with pytest.raises(ValueError, match="not 75, 150 or 225"):

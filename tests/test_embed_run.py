@@ -6,10 +6,10 @@ import csv
 
 import pytest
 
-from sdxl_probe.encoding_cache import EncodingCache
-from sdxl_probe.probes.embed import EmbedResult, EmbedSettings, run_embed
-from sdxl_probe.probes.embed_inputs import toy_pairs
-from sdxl_probe.probes.embed_report import render_report
+from sdxl_probe.pipeline.encoding_cache import EncodingCache
+from sdxl_probe.probes.embed.core import EmbedResult, EmbedSettings, run_embed
+from sdxl_probe.probes.embed.inputs import toy_pairs
+from sdxl_probe.probes.embed.report import render_report
 
 SMALL = EmbedSettings(shuffles=2, sensitivity_captions=3, synthetic_long=2, matrix_size=4, batch_size=8)
 
@@ -97,8 +97,8 @@ def test_cli_runs_on_pairs(tiny_components, tmp_path, monkeypatch):
 
 
 def test_config_rejects_unknown_key(tmp_path):
+    from sdxl_probe.commands.embed_options import resolve_settings
     from sdxl_probe.errors import ConfigError
-    from sdxl_probe.probes.embed_cli import resolve_settings
 
     config = tmp_path / "embed.toml"
     config.write_text("[embed]\nshufles = 3\n")
@@ -121,7 +121,7 @@ def test_cli_rejects_two_inputs(tmp_path):
 
 def test_caption_without_tokens_is_a_clear_error(tiny_components):
     from sdxl_probe.errors import ProbeError
-    from sdxl_probe.probes.embed_inputs import CaptionPair
+    from sdxl_probe.probes.embed.inputs import CaptionPair
 
     pairs = [CaptionPair("\x00", "a red circle", "pairs.csv:2")]
     with pytest.raises(ProbeError, match=r"pairs.csv:2: caption '\\x00' has no CLIP token"):

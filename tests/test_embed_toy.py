@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from chromium import assert_images_decode, assert_not_blank, dump_dom, require_chromium, screenshot
 
-from sdxl_probe.encoding_cache import EncodingCache
 from sdxl_probe.errors import ProbeError
-from sdxl_probe.probes.embed import EmbedResult, EmbedSettings, run_embed
-from sdxl_probe.probes.embed_inputs import toy_pairs
-from sdxl_probe.probes.embed_report import render_report
+from sdxl_probe.pipeline.encoding_cache import EncodingCache
+from sdxl_probe.probes.embed.core import EmbedResult, EmbedSettings, run_embed
+from sdxl_probe.probes.embed.inputs import toy_pairs
+from sdxl_probe.probes.embed.report import render_report
 
 HOSTILE = '<img src=x onerror="alert(1)">'
 

@@ -1,4 +1,4 @@
-"""The sampler core (sdxl_probe.generate) and the ``generate`` command, on tiny random components."""
+"""The sampler core (sdxl_probe.pipeline.sampling) and the ``generate`` command, on tiny random components."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sdxl_probe.errors import ProbeError
-from sdxl_probe.generate import (
+from sdxl_probe.pipeline.sampling import (
     check_size,
     default_size,
     generate_images,

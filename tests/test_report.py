@@ -17,11 +17,11 @@ from sdxl_probe.report import (
     figure_to_data_uri,
     new_figure,
     render_page,
-    render_report,
     render_string,
 )
 from sdxl_probe.report.figures import count_histogram, horizontal_bars
 from sdxl_probe.report.render import TOY_BANNER
+from sdxl_probe.reports import render_report
 
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 

@@ -14,9 +14,9 @@ from chromium import (
     screenshot,
 )
 
-from sdxl_probe.datasets import open_dataset
-from sdxl_probe.probes.audit import AuditSettings, run_audit
-from sdxl_probe.probes.audit_report import render_report
+from sdxl_probe.data.dataset import open_dataset
+from sdxl_probe.probes.audit.core import AuditSettings, run_audit
+from sdxl_probe.probes.audit.report import render_report
 from sdxl_probe.report import ReportHeader, render_page
 
 pytestmark = pytest.mark.browser

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sdxl_probe.errors import ConfigError, ProbeError
+from sdxl_probe.pipeline.conditioning import encode_captions
 from sdxl_probe.text.bpe import get_bpe
-from sdxl_probe.text.encode import encode_captions
 from sdxl_probe.text.vocab import load_vocab
 
 LENGTHS = (0, 74, 75, 76, 150, 151, 225, 300)

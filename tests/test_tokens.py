@@ -11,7 +11,7 @@ from audit_data import lost_tags, token_count
 from typer.testing import CliRunner
 
 from sdxl_probe.cli import app
-from sdxl_probe.probes.tokens import TokensResult, probe_tokens
+from sdxl_probe.probes.tokens.core import TokensResult, probe_tokens
 
 LONG = ["sks", *(f"red cat {w}" for w in ["dog", "sky", "tree", "sun", "car", "hat", "boy", "girl"] * 6)]
 

@@ -104,7 +104,7 @@ def test_cli_writes_a_folder_the_dataset_reader_opens(tmp_path):
     from typer.testing import CliRunner
 
     from sdxl_probe.cli import app
-    from sdxl_probe.datasets import open_dataset
+    from sdxl_probe.data.dataset import open_dataset
 
     out = tmp_path / "cli"
     result = CliRunner().invoke(app, ["toy", "dataset", str(out), "--n", "4", "--seed", "1", "--style", "long",

@@ -69,7 +69,7 @@ def test_toy_generates_and_the_prompt_changes_the_image(toy, tmp_path):
     from typer.testing import CliRunner
 
     from sdxl_probe.cli import app
-    from sdxl_probe.generate import generate_images
+    from sdxl_probe.pipeline.sampling import generate_images
 
     images = generate_images(toy, ["red circle, white background", "blue square, black background"], seed=0, steps=8)
     assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8
@@ -83,8 +83,8 @@ def test_toy_generates_and_the_prompt_changes_the_image(toy, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_writes_figures_and_report(toy, tmp_path):
-    from sdxl_probe.toy.evaluate import ToyEvaluation, evaluate_model
-    from sdxl_probe.toy.evaluate_report import write_outputs
+    from sdxl_probe.probes.toy_eval.core import ToyEvaluation, evaluate_model
+    from sdxl_probe.probes.toy_eval.report import write_outputs
 
     result, images, prompts = evaluate_model(toy, n_prompts=10, steps=4, n_attention=4, log=lambda _: None)
     write_outputs(tmp_path, result, images, prompts)
@@ -99,7 +99,7 @@ def test_evaluate_writes_figures_and_report(toy, tmp_path):
 
 
 def _tiny_config():
-    from sdxl_probe.toy.pretrain import PretrainConfig
+    from sdxl_probe.train.toy_recipe.pretrain import PretrainConfig
 
     return PretrainConfig(arch="tiny", n_images=32, vae_steps=3, vae_batch_size=4,
                           steps=4, batch_size=4, warmup_steps=1, checkpoint_every=100)
@@ -112,8 +112,8 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_pretrain_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
-    import sdxl_probe.toy.pretrain as recipe
-    from sdxl_probe.toy.checkpoint import StopFlag, TrainingStopped
+    import sdxl_probe.train.toy_recipe.pretrain as recipe
+    from sdxl_probe.train.state import StopFlag, TrainingStopped
 
     straight = _weights(recipe.pretrain(tmp_path / "a", _tiny_config(), seed=3, log=lambda _: None))
 
@@ -149,7 +149,7 @@ def test_pretrain_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeyp
 
 def test_pretrain_writes_a_loadable_diffusers_folder(tmp_path):
     from sdxl_probe.models.load import load_components
-    from sdxl_probe.toy.pretrain import pretrain
+    from sdxl_probe.train.toy_recipe.pretrain import pretrain
 
     model_dir = pretrain(tmp_path, _tiny_config(), seed=0, log=lambda _: None)
     index = json.loads((model_dir / "model_index.json").read_text())
@@ -160,7 +160,7 @@ def test_pretrain_writes_a_loadable_diffusers_folder(tmp_path):
 
 
 def test_every_step_draws_its_own_batch():
-    from sdxl_probe.toy.pretrain_data import step_rng
+    from sdxl_probe.train.toy_recipe.data import step_rng
 
     draws = {tuple(torch.randint(0, 10**6, (4,), generator=step_rng(0, "joint", s)[1]).tolist()) for s in range(300)}
     assert len(draws) == 300  # a seed derived from a truncated key once gave every step the same batch
@@ -170,7 +170,7 @@ def test_every_step_draws_its_own_batch():
 
 
 def test_pooled_dropout_zeroes_whole_rows_at_the_rate():
-    from sdxl_probe.toy.pretrain import drop_pooled
+    from sdxl_probe.train.toy_recipe.pretrain import drop_pooled
 
     pooled = torch.randn(4000, 8) + 3.0
     gen = torch.Generator().manual_seed(0)
@@ -186,7 +186,7 @@ def test_training_attention_is_switched_back_to_sdpa(tiny_components):
 
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    from sdxl_probe.toy.pretrain import set_training_attention
+    from sdxl_probe.train.toy_recipe.pretrain import set_training_attention
 
     unet, te = copy.deepcopy(tiny_components.unet), copy.deepcopy(tiny_components.text_encoder)  # shared fixture
     set_training_attention([unet, te], eager=True)

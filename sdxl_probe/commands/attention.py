@@ -26,7 +26,7 @@ def _load(model: str, device: str):
 
 
 def _capture_options(window, n_steps, layers, heads, resolutions, include_mid):
-    from sdxl_probe.attention.inputs import capture_options
+    from sdxl_probe.commands.attention_options import capture_options
 
     return capture_options(window=window, n_steps=n_steps, layers=layers, heads=heads,
                            resolutions=resolutions, include_mid=include_mid)  # fmt: skip
@@ -64,7 +64,7 @@ def generate(
     device: str = _DEVICE,
 ) -> None:
     """Generate images and write a heat map for every token and every word."""
-    from sdxl_probe.probes import attention
+    from sdxl_probe.probes.attention import core as attention
 
     options = _capture_options(window, steps, layers, heads, resolutions, include_mid)
     components = _load(model, device)
@@ -103,10 +103,10 @@ def inspect(
     device: str = _DEVICE,
 ) -> None:
     """Noise training images at chosen timesteps and map where each tag of their caption binds."""
-    from sdxl_probe.probes import attention
+    from sdxl_probe.probes.attention import core as attention
 
     options = _capture_options(None, 1, layers, heads, resolutions, include_mid)
-    from sdxl_probe.attention.inputs import load_images_and_captions, parse_ints
+    from sdxl_probe.commands.attention_options import load_images_and_captions, parse_ints
 
     images, captions = load_images_and_captions(image, caption, caption_ext)
     components = _load(model, device)
@@ -120,7 +120,7 @@ def report(
     result_dir: Path = typer.Argument(..., help="A folder written by `attention generate/inspect`."),
 ) -> None:
     """Re-render the HTML report from saved result files."""
-    from sdxl_probe.probes.attention_report import render_report
+    from sdxl_probe.probes.attention.report import render_report
 
     typer.echo(f"wrote {render_report(result_dir)}")
 

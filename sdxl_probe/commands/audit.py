@@ -37,9 +37,9 @@ def audit(
     ),
 ) -> None:
     """Audit a caption dataset: token counts, cuts at 75/150/225, lost tags, pooled-blind tags, shuffle effects."""
-    from sdxl_probe.datasets import open_dataset
-    from sdxl_probe.probes.audit import AuditSettings, run_audit
-    from sdxl_probe.probes.audit_report import render_report
+    from sdxl_probe.data.dataset import open_dataset
+    from sdxl_probe.probes.audit.core import AuditSettings, run_audit
+    from sdxl_probe.probes.audit.report import render_report
     from sdxl_probe.report import ReportHeader
 
     settings = AuditSettings(max_token_length=None if max_token_length == 75 else max_token_length,

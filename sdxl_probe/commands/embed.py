@@ -48,11 +48,11 @@ def embed(
     ),
 ) -> None:
     """Measure how far tag and sentence captions land apart in TE1, TE2, the pooled vector and the context."""
-    from sdxl_probe.encoding_cache import EncodingCache, default_cache_dir
+    from sdxl_probe.commands.embed_options import gather_pairs, resolve_settings
     from sdxl_probe.models.load import load_components
-    from sdxl_probe.probes.embed import run_embed
-    from sdxl_probe.probes.embed_cli import gather_pairs, resolve_settings
-    from sdxl_probe.probes.embed_report import render_report
+    from sdxl_probe.pipeline.encoding_cache import EncodingCache, default_cache_dir
+    from sdxl_probe.probes.embed.core import run_embed
+    from sdxl_probe.probes.embed.report import render_report
 
     settings = resolve_settings(config, seed=seed, shuffles=shuffles)
     pairs, label = gather_pairs(

@@ -25,9 +25,9 @@ def generate(
     import torch
     from PIL import Image
 
-    from sdxl_probe.generate import generate_images
     from sdxl_probe.io import atomic_path
     from sdxl_probe.models.load import load_components
+    from sdxl_probe.pipeline.sampling import generate_images
 
     mtl = None if max_token_length in (None, 75) else max_token_length
     components = load_components(model, dtype=torch.float32)

@@ -25,7 +25,7 @@ def tokens(
 ) -> None:
     """Show the tokens of CAPTION per text encoder: chunks, what is cut, where the pooled vector stops."""
     from sdxl_probe.errors import ProbeError
-    from sdxl_probe.probes.tokens import probe_tokens, render_terminal
+    from sdxl_probe.probes.tokens.core import probe_tokens, render_terminal
     from sdxl_probe.text.captions import CaptionOptions
 
     if max_token_length == 75:

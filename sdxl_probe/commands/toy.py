@@ -56,8 +56,8 @@ def pretrain(
 ) -> None:
     """Train the toy model from scratch: VAE, then TE1 + TE2 + UNet (Ctrl-C saves; --resume continues)."""
     from sdxl_probe.config import from_dict, read_toml
-    from sdxl_probe.toy.pretrain import PretrainConfig
-    from sdxl_probe.toy.pretrain import pretrain as run
+    from sdxl_probe.train.toy_recipe.pretrain import PretrainConfig
+    from sdxl_probe.train.toy_recipe.pretrain import pretrain as run
 
     cfg = from_dict(PretrainConfig, read_toml(config), where=str(config)) if config else PretrainConfig()
     model_dir = run(out, cfg, seed=seed, resume=resume, log=typer.echo)
@@ -78,8 +78,8 @@ def evaluate(
     import torch
 
     from sdxl_probe.models.load import load_components
-    from sdxl_probe.toy.evaluate import evaluate_model
-    from sdxl_probe.toy.evaluate_report import write_outputs
+    from sdxl_probe.probes.toy_eval.core import evaluate_model
+    from sdxl_probe.probes.toy_eval.report import write_outputs
 
     components = load_components(model, dtype=torch.float32)
     result, images, prompts = evaluate_model(components, n_prompts=n_prompts, seed=seed, steps=steps, cfg=cfg,

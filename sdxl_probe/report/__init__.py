@@ -6,7 +6,7 @@ saved result files only; nothing here imports torch or a model.
 """
 
 from sdxl_probe.report.figures import figure_to_data_uri, new_figure
-from sdxl_probe.report.render import ReportHeader, make_environment, render_page, render_report, render_string
+from sdxl_probe.report.render import ReportHeader, make_environment, render_page, render_string
 
 __all__ = [
     "ReportHeader",
@@ -14,6 +14,5 @@ __all__ = [
     "make_environment",
     "new_figure",
     "render_page",
-    "render_report",
     "render_string",
 ]

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import importlib
 import json
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sdxl_probe import __version__
-from sdxl_probe.errors import ProbeError
 from sdxl_probe.io import write_text
 
 if TYPE_CHECKING:
@@ -117,30 +115,6 @@ def render_page(template: str, context: dict[str, Any], out: str | Path, *, head
         The written path.
     """
     return write_text(out, render_string(template, context, header=header))
-
-
-def render_report(kind: str, result_dir: str | Path) -> Path:
-    """Re-render the report of kind ``kind`` from the result files saved in ``result_dir``.
-
-    The renderer is ``render_report(result_dir) -> Path`` in the module
-    ``sdxl_probe.probes.<kind>_report``, falling back to ``sdxl_probe.probes.<kind>``.
-    Renderers read saved JSON/CSV only and never import torch or a model.
-    """
-    result_dir = Path(result_dir)
-    if not result_dir.is_dir():
-        raise ProbeError(f"{result_dir}: result folder not found; run the probe first or check the path")
-    for name in (f"sdxl_probe.probes.{kind}_report", f"sdxl_probe.probes.{kind}"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        if hasattr(module, "render_report"):
-            return module.render_report(result_dir)
-    raise ProbeError(
-        f"no report renderer for kind '{kind}'; expected render_report() in sdxl_probe.probes.{kind}"
-    )
 
 
 def _pct(value: float | None, digits: int = 1) -> str:

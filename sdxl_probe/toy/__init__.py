@@ -1,1 +1,1 @@
-"""The toy world (procedural scenes with ground truth), its dataset writer and a classical judge."""
+"""The toy world (procedural scenes with ground truth), its captions, judge, dataset writer and shipped weights."""

@@ -1,1 +1,0 @@
-"""Per-token cross-attention maps (DAAM-style): capture, aggregation, metrics, results, overlays."""

@@ -1,0 +1,1 @@
+"""Datasets: the kohya folder walk, metadata tables, the kohya dataset TOML schema, images."""

@@ -1,0 +1,1 @@
+"""Training: the shared resumable state and graceful stop, and the toy model's recipe."""
