@@ -7,13 +7,13 @@ import pytest
 from typer.testing import CliRunner
 
 from sdxl_probe.errors import ProbeError
+from sdxl_probe.pipeline.conditioning import time_ids
 from sdxl_probe.pipeline.sampling import (
     check_size,
     default_size,
     generate_images,
     initial_noise,
     make_scheduler,
-    time_ids,
 )
 
 FAST = {"steps": 2, "cfg": 3.0}
@@ -69,6 +69,7 @@ def test_helpers():
     noise = initial_noise(3, (4, 2, 2), seed=10)
     np.testing.assert_array_equal(noise[1].numpy(), initial_noise(1, (4, 2, 2), seed=11)[0].numpy())
     assert time_ids(2, 64, 32).tolist() == [[64, 32, 0, 0, 64, 32]] * 2
+    assert time_ids(1, 64, 32, original=(80, 40), crop=(8, 4)).tolist() == [[80, 40, 8, 4, 64, 32]]
 
 
 def test_generate_command_writes_a_png(tiny_components, tmp_path):

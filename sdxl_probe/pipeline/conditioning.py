@@ -77,21 +77,45 @@ def encode_captions(
         weighted: parse ``(x:1.2)`` syntax as sd-scripts' ``--weighted_captions``.
         separator: tag separator for the bookkeeping (``caption_separator``).
     """
+    return encode_with(
+        components.text_encoder, components.text_encoder_2, captions,
+        model_max_length=components.tokenizer.model_max_length, max_token_length=max_token_length,
+        mode=mode, weighted=weighted, separator=separator,
+    )  # fmt: skip
+
+
+def encode_with(
+    text_encoder,
+    text_encoder_2,
+    captions: list[str],
+    *,
+    model_max_length: int,
+    max_token_length: int | None = None,
+    mode: str = "sd-scripts",
+    weighted: bool = False,
+    separator: str = ",",
+) -> EncodedCaptions:
+    """:func:`encode_captions` given the two encoders alone (a recipe that trains them has no components).
+
+    Args:
+        model_max_length: the tokenizers' window (77 on SDXL: 75 tokens + BOS + EOS).
+        Others: as :func:`encode_captions`.
+    """
     _check_mode(mode, max_token_length, weighted)
     if not captions:
         raise ProbeError("no captions to encode: got an empty list; pass at least one caption string")
-    mml = components.tokenizer.model_max_length
     tcs = [tokenize_caption(c, weighted=weighted, separator=separator) for c in captions]
     layouts = {
-        enc: [chunk_layout(tc, encoder=enc, max_token_length=max_token_length, model_max_length=mml) for tc in tcs]
+        enc: [chunk_layout(tc, encoder=enc, max_token_length=max_token_length, model_max_length=model_max_length)
+              for tc in tcs]
         for enc in ("te1", "te2")
-    }
-    hidden1, _ = _encode_chunks(components.text_encoder, layouts["te1"])
-    hidden2, out2 = _encode_chunks(components.text_encoder_2, layouts["te2"])
+    }  # fmt: skip
+    hidden1, _ = _encode_chunks(text_encoder, layouts["te1"])
+    hidden2, out2 = _encode_chunks(text_encoder_2, layouts["te2"])
     if mode == "diffusers":
         pooled = out2.text_embeds  # (B, proj)
     else:
-        pooled = _pool_first_chunk(components.text_encoder_2, out2.last_hidden_state, layouts["te2"])
+        pooled = _pool_first_chunk(text_encoder_2, out2.last_hidden_state, layouts["te2"])
     if weighted:
         hidden1 = hidden1 * _context_weights(layouts["te1"], hidden1)
         hidden2 = hidden2 * _context_weights(layouts["te2"], hidden2)
@@ -99,6 +123,64 @@ def encode_captions(
 
     context = torch.cat([hidden1, hidden2.to(hidden1.device, hidden1.dtype)], dim=-1)  # (B, L, d1 + d2)
     return EncodedCaptions(context, hidden1, hidden2, pooled, tcs, layouts["te1"], layouts["te2"])
+
+
+def encode_pair(
+    components: SDXLComponents, prompts: list[str], negative: str, *, max_token_length: int | None,
+    weighted: bool, zero_negative: bool,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Classifier-free guidance conditioning, unconditional half first (diffusers' order).
+
+    Returns:
+        context (2B, L, D) and pooled (2B, P); the unconditional half is zeros when ``zero_negative``
+        (``StableDiffusionXLPipeline``'s ``force_zeros_for_empty_prompt``), else ``negative`` encoded.
+    """
+    import torch
+
+    cond = encode_captions(components, prompts, max_token_length=max_token_length, weighted=weighted)
+    if zero_negative:
+        uncond_ctx, uncond_pool = torch.zeros_like(cond.context), torch.zeros_like(cond.pooled)
+    else:
+        unc = encode_captions(components, [negative] * len(prompts), max_token_length=max_token_length,
+                              weighted=weighted)  # fmt: skip
+        uncond_ctx, uncond_pool = unc.context, unc.pooled
+    return torch.cat([uncond_ctx, cond.context]), torch.cat([uncond_pool, cond.pooled])
+
+
+def time_ids(
+    batch: int, height: int, width: int, *, original: tuple[int, int] | None = None,
+    crop: tuple[int, int] = (0, 0), like: Tensor | None = None,
+) -> Tensor:  # fmt: skip
+    """SDXL micro-conditioning ``(B, 6)``: (orig_h, orig_w, crop_top, crop_left, target_h, target_w).
+
+    The one place ``time_ids`` are built (SDXL paper §2.2; ``StableDiffusionXLPipeline._get_add_time_ids``
+    concatenates ``original_size + crops_coords_top_left + target_size`` in this order).
+
+    Args:
+        batch: rows B.
+        height, width: the target size in pixels.
+        original: the original image size (h, w); None = the target size (an uncropped image
+            generated or trained at its own size, as sd-scripts' sampler does).
+        crop: the crop's top-left corner (top, left) in pixels.
+        like: a tensor whose dtype and device the result takes (float32 on the CPU otherwise).
+    """
+    import torch
+
+    oh, ow = original if original is not None else (height, width)
+    row = torch.tensor([oh, ow, crop[0], crop[1], height, width], dtype=torch.float32)
+    if like is not None:
+        row = row.to(device=like.device, dtype=like.dtype)
+    return row.expand(batch, -1).clone()
+
+
+def predict_noise(unet, x: Tensor, t, context: Tensor, pooled: Tensor, tids: Tensor) -> Tensor:
+    """One conditioned UNet call: x (B, C, h, w), context (B, L, D), pooled (B, P), tids (B, 6) -> (B, C, h, w).
+
+    Inputs are cast to the UNet's dtype; the output keeps it.
+    """
+    dtype = unet.dtype
+    added = {"text_embeds": pooled.to(dtype), "time_ids": tids.to(dtype)}
+    return unet(x.to(dtype), t, encoder_hidden_states=context.to(dtype), added_cond_kwargs=added).sample
 
 
 def _check_mode(mode: str, max_token_length: int | None, weighted: bool) -> None:

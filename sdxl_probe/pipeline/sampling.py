@@ -3,9 +3,8 @@
 The loop is ``StableDiffusionXLPipeline.__call__`` reduced to what the probes need:
 classifier-free guidance (Ho & Salimans 2022) with the unconditional and conditional
 halves in one batch (diffusers order: unconditional first), SDXL micro-conditioning
-``time_ids`` = (orig_h, orig_w, crop_top, crop_left, target_h, target_w) with original =
-target and no crop (sd-scripts' sampling, compat notes §5), and text conditioning from
-:func:`sdxl_probe.pipeline.conditioning.encode_captions` in sd-scripts mode, so long prompts
+``time_ids`` with original = target and no crop (sd-scripts' ``sample_image_inference``), and
+text conditioning from :func:`sdxl_probe.pipeline.conditioning.encode_captions` in sd-scripts mode, so long prompts
 (``max_token_length`` 150/225) and weighted prompts work as in kohya's sampler.
 
 Each prompt's starting noise comes from its own generator (``seed + index``), so an image
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sdxl_probe.errors import ProbeError
+from sdxl_probe.pipeline.conditioning import encode_pair, predict_noise, time_ids
+from sdxl_probe.pipeline.vae import decode_latents
 
 if TYPE_CHECKING:
     import torch
@@ -62,63 +63,46 @@ def initial_noise(n: int, shape: tuple[int, int, int], seed: int) -> torch.Tenso
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
 
 
-def time_ids(batch: int, height: int, width: int) -> torch.Tensor:
-    """SDXL micro-conditioning ``(B, 6)`` for an uncropped image generated at its original size."""
+def denoise(
+    unet, scheduler, latents: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor, tids: torch.Tensor,
+    *, steps: int, cfg: float,
+) -> torch.Tensor:  # fmt: skip
+    """Run ``scheduler`` for ``steps`` from unit-variance ``latents (B, C, h, w)``; returns final latents.
+
+    ``context``, ``pooled`` and ``tids`` hold 2B rows, unconditional first (diffusers' order).
+    With ``cfg == 1`` only the conditional half runs; else both halves run as one doubled batch and
+    ``eps = eps_u + cfg * (eps_c - eps_u)`` (Ho & Salimans 2022), as ``StableDiffusionXLPipeline``.
+    """
     import torch
 
-    return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(batch, 1)
-
-
-def encode_pair(components, prompts, negative: str, *, max_token_length, weighted: bool, zero_negative: bool):
-    """(context (2B, L, D), pooled (2B, P)) with the negative half first; zeros when ``zero_negative``."""
-    import torch
-
-    from sdxl_probe.pipeline.conditioning import encode_captions
-
-    cond = encode_captions(components, prompts, max_token_length=max_token_length, weighted=weighted)
-    if zero_negative:
-        uncond_ctx, uncond_pool = torch.zeros_like(cond.context), torch.zeros_like(cond.pooled)
-    else:
-        unc = encode_captions(components, [negative] * len(prompts), max_token_length=max_token_length,
-                              weighted=weighted)
-        uncond_ctx, uncond_pool = unc.context, unc.pooled
-    return torch.cat([uncond_ctx, cond.context]), torch.cat([uncond_pool, cond.pooled])
-
-
-def decode_latents(components: SDXLComponents, latents: torch.Tensor) -> np.ndarray:
-    """VAE-decode scaled latents ``(B, C, h, w)`` to ``(B, H, W, 3)`` uint8."""
-    import torch
-
-    vae = components.vae
-    z = latents / vae.config.scaling_factor
-    if getattr(vae.config, "shift_factor", None) is not None:
-        z = z + vae.config.shift_factor
-    images = vae.decode(z.to(vae.dtype)).sample.float().clamp(-1, 1)  # (B, 3, H, W)
-    return ((images + 1) * 127.5).round().permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
-
-
-def _denoise(components, latents, context, pooled, tids, *, steps: int, cfg: float, sampler: str):
-    """Run the sampler from ``latents`` (already scaled by init_noise_sigma); returns final latents."""
-    import torch
-
-    scheduler = make_scheduler(components, sampler)
-    scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(steps, device=latents.device)
     latents = latents * scheduler.init_noise_sigma
-    unet = components.unet
     guided = cfg != 1.0
-    if not guided:  # only the conditional half
+    if not guided:
         half = context.shape[0] // 2
         context, pooled, tids = context[half:], pooled[half:], tids[half:]
-    cond_kwargs = {"text_embeds": pooled.to(unet.dtype), "time_ids": tids.to(unet.dtype)}
     for t in scheduler.timesteps:
         x = torch.cat([latents, latents]) if guided else latents
         x = scheduler.scale_model_input(x, t)
-        eps = unet(x.to(unet.dtype), t, context.to(unet.dtype), added_cond_kwargs=cond_kwargs).sample.float()
+        eps = predict_noise(unet, x, t, context, pooled, tids).float()  # (B or 2B, C, h, w)
         if guided:
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + cfg * (eps_c - eps_u)
         latents = scheduler.step(eps, t, latents).prev_sample
     return latents
+
+
+def sample_latents(
+    components: SDXLComponents, prompts: list[str], noise: torch.Tensor, *, steps: int, cfg: float,
+    height: int, width: int, negative: str, sampler: str, max_token_length: int | None, weighted: bool,
+    zero_negative: bool,
+) -> torch.Tensor:  # fmt: skip
+    """Denoise ``noise (B, C, h, w)`` for ``prompts`` into final latents (no decoding)."""
+    context, pooled = encode_pair(components, prompts, negative, max_token_length=max_token_length,
+                                  weighted=weighted, zero_negative=zero_negative)  # fmt: skip
+    tids = time_ids(2 * len(prompts), height, width, like=context)
+    return denoise(components.unet, make_scheduler(components, sampler), noise.to(context.device), context,
+                   pooled, tids, steps=steps, cfg=cfg)  # fmt: skip
 
 
 def generate_images(
@@ -174,10 +158,9 @@ def generate_images(
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
-            context, pooled = encode_pair(components, chunk, negative, max_token_length=max_token_length,
-                                          weighted=weighted, zero_negative=zero and negative == "")
-            tids = time_ids(2 * len(chunk), height, width)
-            lat = _denoise(components, noise[start : start + len(chunk)], context, pooled, tids,
-                           steps=steps, cfg=cfg, sampler=sampler)
+            lat = sample_latents(components, chunk, noise[start : start + len(chunk)], steps=steps, cfg=cfg,
+                                 height=height, width=width, negative=negative, sampler=sampler,
+                                 max_token_length=max_token_length, weighted=weighted,
+                                 zero_negative=zero and negative == "")  # fmt: skip
             out.append(decode_latents(components, lat))
     return np.concatenate(out)

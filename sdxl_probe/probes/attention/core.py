@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from sdxl_probe.errors import ProbeError
+from sdxl_probe.pipeline.vae import encode_images
 from sdxl_probe.probes.attention import heatmaps, metrics
 from sdxl_probe.probes.attention.capture import AttentionRecorder
 from sdxl_probe.probes.attention.result import AttentionResult
-from sdxl_probe.probes.attention.runs import CaptureOptions, encode_images, noised_forward, sample_images
+from sdxl_probe.probes.attention.runs import CaptureOptions, noised_forward, sample_images
 
 REN_LAST_STEPS = 10  # Ren et al. D mode: mean entropy over the last 10 steps
 

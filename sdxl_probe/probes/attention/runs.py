@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sdxl_probe.pipeline.conditioning import predict_noise, time_ids
+from sdxl_probe.pipeline.noising import add_noise, seeded_noise, training_scheduler
 from sdxl_probe.probes.attention.capture import AttentionRecorder, capture_cross_attention
 
 
@@ -48,20 +50,6 @@ class CaptureOptions:
             yield recorder
 
 
-def time_ids(height: int, width: int, batch: int, like: torch.Tensor) -> torch.Tensor:
-    """SDXL micro-conditioning (orig_h, orig_w, crop_top, crop_left, target_h, target_w): (B, 6)."""
-    row = torch.tensor([height, width, 0, 0, height, width], dtype=like.dtype, device=like.device)
-    return row.expand(batch, -1).clone()
-
-
-def unet_eps(
-    components: Any, x: torch.Tensor, t: Any, context: torch.Tensor, pooled: torch.Tensor, hw: tuple[int, int]
-):
-    """One UNet call: x (B, C, h, w), context (B, L, d), pooled (B, p) -> eps (B, C, h, w)."""
-    added = {"text_embeds": pooled, "time_ids": time_ids(*hw, x.shape[0], pooled)}
-    return components.unet(x, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
-
-
 def sample_images(
     components: Any, prompts: list[str], *, height: int, width: int, steps: int, guidance: float, seed: int,
     max_token_length: int | None,
@@ -82,16 +70,6 @@ def sample_images(
 
 
 @torch.no_grad()
-def encode_images(components: Any, images: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) uint8 images -> (B, C, H/f, W/f) scaled latents (posterior mean)."""
-    vae = components.vae
-    pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return (vae.encode(pixels).latent_dist.mean - shift) * vae.config.scaling_factor
-
-
-@torch.no_grad()
 def noised_forward(
     components: Any, latents: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor, *,
     timestep: int, seed: int, hw: tuple[int, int],
@@ -101,11 +79,8 @@ def noised_forward(
     The noise is drawn from a CPU generator seeded with ``seed`` so every timestep and
     every model (base or LoRA) sees the same noise.
     """
-    from diffusers import DDPMScheduler
-
-    ddpm = DDPMScheduler.from_config(components.scheduler.config)
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(latents.shape, generator=g).to(latents)
-    t = torch.full((latents.shape[0],), timestep, dtype=torch.long)
-    x_t = ddpm.add_noise(latents, noise, t).to(context.dtype)
-    unet_eps(components, x_t, t.to(latents.device), context, pooled, hw)
+    ddpm = training_scheduler(components.scheduler.config)
+    noise = seeded_noise(tuple(latents.shape), seed, like=latents)
+    t = torch.full((latents.shape[0],), timestep, dtype=torch.long, device=latents.device)
+    x_t = add_noise(ddpm, latents, noise, t)
+    predict_noise(components.unet, x_t, t, context, pooled, time_ids(latents.shape[0], *hw, like=pooled))

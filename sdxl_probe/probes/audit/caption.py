@@ -136,6 +136,7 @@ class TagLayout:
         n_tokens: caption token count (no BOS/EOS).
         order_free: every tag is non-empty and glues cleanly to the separator on both sides, so
             the ids stay the concatenation of the parts in ANY tag order (shuffle).
+        sentence_like: how many tags are sentence-like (:data:`STYLE_RULE`); gives the style.
     """
 
     tags: list[str]
@@ -145,6 +146,13 @@ class TagLayout:
     last: list[int | None]
     n_tokens: int
     order_free: bool = False
+    sentence_like: int = 0
+
+
+# One cached fact sheet per raw tag text (unstripped, as split from the caption):
+# (stripped text, token count, exact, token count + separator tokens, sentence-like).
+# "exact" means non-empty, plain, and gluing cleanly to the separator on both sides.
+TagEntry = tuple[str, int, bool, int, int]
 
 
 def tag_layout(caption: str, separator: str, encoder: CachedEncoder) -> TagLayout | None:
@@ -157,24 +165,31 @@ def tag_layout(caption: str, separator: str, encoder: CachedEncoder) -> TagLayou
     once per distinct tag, see :meth:`CachedEncoder.tag_entry`); otherwise the joined ids are
     compared with the caption's own ids. None sends the caller to ``tokenize_caption`` +
     ``chunk_layout``; tests check that both paths agree.
+
+    Speed: dataset tags repeat massively, so each tag is one dict hit on its cached
+    :data:`TagEntry`, and positions are running sums of the per-tag token counts (C-level
+    ``zip``/``accumulate``/``map``), with no tokenization of the caption itself.
     """
-    tags = [piece.strip() for piece in caption.split(separator)]
-    table = encoder.tag_table(separator)
-    n_sep = table["\0sep"][0]
-    entries = [table.get(tag) or encoder.tag_entry(tag, separator) for tag in tags]
-    lengths = [n for n, _ in entries]
-    clean = all(ok and n for n, ok in entries)
-    last_all = [end - n_sep for end in itertools.accumulate(n + n_sep for n in lengths)]  # end of each tag
-    first = [lst - n + 1 if n else None for lst, n in zip(last_all, lengths, strict=True)]
-    last = [lst if n else None for lst, n in zip(last_all, lengths, strict=True)]
-    pos = last_all[-1] if last_all else 0
-    clean = clean and is_plain(caption)
-    if not clean:
+    pieces = caption.split(separator)
+    table, (n_sep, sep_plain) = encoder.tag_table(separator)
+    entries = list(map(table.get, pieces))
+    if None in entries:
+        entries = [e or encoder.tag_entry(p, separator) for e, p in zip(entries, pieces, strict=True)]
+    tags, lengths, exact, steps, long = zip(*entries, strict=True)
+    ends = list(itertools.accumulate(steps))  # one past each tag's separator tokens
+    clean = all(exact) and (sep_plain or len(pieces) == 1)
+    if clean:  # every tag has tokens
+        last = [end - n_sep for end in ends]
+        first = list(map(operator.sub, last, lengths))
+        first = [f + 1 for f in first]
+    else:
+        last = [end - n_sep if n else None for end, n in zip(ends, lengths, strict=True)]
+        first = [end - n_sep - n + 1 if n else None for end, n in zip(ends, lengths, strict=True)]
         sep_ids = encoder(separator)
         joined = [i for k, tag in enumerate(tags) for i in (sep_ids if k else []) + encoder(tag)]
         if joined != encoder.uncached(caption):
             return None
-    return TagLayout(tags, lengths, n_sep, first, last, pos, clean)
+    return TagLayout(list(tags), list(lengths), n_sep, first, last, ends[-1] - n_sep, clean, sum(long))
 
 
 def audit_tag_layout(
@@ -188,14 +203,18 @@ def audit_tag_layout(
     encode,
 ) -> CaptionAudit:
     """:func:`audit_caption` for a caption with an exact :class:`TagLayout` (same result, no spans needed)."""
+    # Positions grow with the tag index and never pass n_tokens: nothing is lost below it.
     lost = {
         limit: [t for t, last in zip(lay.tags, lay.last, strict=True) if last is not None and last > limit]
+        if lay.n_tokens > limit
+        else []
         for limit in limits
     }
     kept_end = None
     if keep_tokens > 0 and lay.tags:
         kept = [p for p in lay.last[:keep_tokens] if p is not None]
         kept_end = max(kept) if kept else None
+    n_pieces = len(lay.tags) - lay.tags.count("")
     return CaptionAudit(
         n_tokens={"te1": lay.n_tokens, "te2": lay.n_tokens},
         lost=lost,
@@ -204,20 +223,25 @@ def audit_tag_layout(
         tag_last=lay.last,
         trigger_pos=_layout_trigger(caption, lay, trigger, encode, separator),
         kept_end=kept_end,
-        style=caption_style(caption, separator),
+        style=_style(n_pieces, lay.sentence_like),
     )
 
 
 def _layout_trigger(caption: str, lay: TagLayout, trigger: str | None, encode, separator: str) -> int | None:
+    """Trigger position from the layout: its tag's first position plus the tokens before it in the tag."""
     if not trigger:
         return None
-    match = re.search(rf"(?<!\w){re.escape(trigger)}(?!\w)", caption, re.IGNORECASE)
+    match = _trigger_regex(trigger).search(caption)
     if match is None:
         return None
-    spans, _ = split_tags(caption, separator)
-    for (_, start, end), first in zip(spans, lay.first, strict=True):
-        if start <= match.start() < end and first is not None:
-            return first + len(encode(caption[start : match.start()]))
+    at, off = match.start(), 0
+    for piece, tag, first in zip(caption.split(separator), lay.tags, lay.first, strict=True):
+        start = off + len(piece) - len(piece.lstrip())
+        if start > at:  # tags are disjoint and in order: none further on holds the match
+            return None
+        if at < start + len(tag) and first is not None:
+            return first + len(encode(caption[start:at]))
+        off += len(piece) + len(separator)
     return None
 
 
@@ -233,26 +257,33 @@ class CachedEncoder:
 
         self.uncached = get_bpe().encode
         self._cache: dict[str, list[int]] = {}
-        self._tables: dict[str, dict[str, tuple[int, bool]]] = {}
+        self._tables: dict[str, dict[str, TagEntry]] = {}
+        self._seps: dict[str, tuple[int, bool]] = {}
         self.max_entries = max_entries
 
-    def tag_table(self, separator: str) -> dict[str, tuple[int, bool]]:
-        """tag -> (token count, glues cleanly to ``separator``), filled by :meth:`tag_entry`."""
+    def tag_table(self, separator: str) -> tuple[dict[str, TagEntry], tuple[int, bool]]:
+        """(raw tag -> :data:`TagEntry`, filled by :meth:`tag_entry`; (separator tokens, separator plain))."""
         table = self._tables.get(separator)
         if table is None:
-            table = self._tables[separator] = {"\0sep": (len(self(separator)), False)}
-        return table
+            table = self._tables[separator] = {}
+            self._seps[separator] = (len(self(separator)), is_plain(separator))
+        return table, self._seps[separator]
 
-    def tag_entry(self, tag: str, separator: str) -> tuple[int, bool]:
-        """Encode ``tag`` alone and check ``encode(tag + sep)`` / ``encode(sep + tag)`` split cleanly."""
-        table = self.tag_table(separator)
+    def tag_entry(self, piece: str, separator: str) -> TagEntry:
+        """Encode the stripped ``piece`` alone and check ``encode(tag + sep)`` / ``encode(sep + tag)`` split cleanly."""
+        table, _ = self.tag_table(separator)
         if len(table) >= self.max_entries:
             table.clear()
-            table["\0sep"] = (len(self(separator)), False)
+        tag = piece.strip()
         ids, sep = self(tag), self(separator)
-        ok = self.uncached(tag + separator) == ids + sep and self.uncached(separator + tag) == sep + ids
-        table[tag] = (len(ids), ok)
-        return table[tag]
+        exact = (
+            bool(ids)
+            and is_plain(piece)
+            and self.uncached(tag + separator) == ids + sep
+            and self.uncached(separator + tag) == sep + ids
+        )
+        table[piece] = (tag, len(ids), exact, len(ids) + len(sep), int(bool(tag) and _sentence_like(tag)))
+        return table[piece]
 
     def __call__(self, text: str) -> list[int]:
         ids = self._cache.get(text)

@@ -57,19 +57,3 @@ def draw_caption(scene: Scene, rng: random.Random, dropout: float) -> str:
         return ""
     style = rng.choices(list(STYLE_WEIGHTS), weights=list(STYLE_WEIGHTS.values()))[0]
     return caption_scene(scene, style, rng, details=rng.random() < DETAILS_RATE)
-
-
-def token_ids(captions: list[str], *, pad_id: int, max_length: int) -> torch.Tensor:
-    """CLIP ids ``(B, max_length)``: BOS, the first ``max_length - 2`` tokens, EOS, then ``pad_id``.
-
-    Matches SDXL's tokenizers with ``padding="max_length", truncation=True`` (tokenizer 1
-    pads with EOS, tokenizer 2 with ``!`` = 0), through the shared BPE.
-    """
-    from sdxl_probe.text.bpe import get_bpe
-
-    bpe = get_bpe()
-    out = torch.full((len(captions), max_length), pad_id, dtype=torch.long)
-    for row, caption in enumerate(captions):
-        ids = [bpe.bos_id, *bpe.encode(caption)[: max_length - 2], bpe.eos_id]
-        out[row, : len(ids)] = torch.tensor(ids)
-    return out

@@ -25,10 +25,11 @@ import torch
 
 from sdxl_probe.errors import ProbeError
 from sdxl_probe.io import write_json, write_with
-from sdxl_probe.pipeline.sampling import time_ids
+from sdxl_probe.pipeline.conditioning import encode_with, predict_noise, time_ids
+from sdxl_probe.pipeline.noising import add_noise
 from sdxl_probe.toy import model_config as mc
 from sdxl_probe.train.state import TrainingStopped, graceful_stop, load_state, save_state
-from sdxl_probe.train.toy_recipe.data import draw_caption, render_training_set, step_rng, token_ids
+from sdxl_probe.train.toy_recipe.data import draw_caption, render_training_set, step_rng
 from sdxl_probe.train.toy_recipe.vae import encode_latents, latent_scaling_factor, train_vae
 
 ARCHITECTURES = {"toy": mc.TOY, "tiny": mc.TINY}
@@ -65,19 +66,6 @@ class PretrainConfig:
                 raise ProbeError(f"{name} {getattr(self, name)} must be in [0, 1)")
 
 
-def encode_ids(te1, te2, ids1: torch.Tensor, ids2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SDXL text conditioning of one 77-token chunk.
-
-    Returns:
-        context: (B, 77, d1 + d2), penultimate hidden states of TE1 and TE2 concatenated.
-        pooled: (B, proj), TE2's projected pooled vector (``text_embeds``).
-    """
-    h1 = te1(ids1, output_hidden_states=True).hidden_states[-2]  # (B, 77, d1)
-    out2 = te2(ids2, output_hidden_states=True)
-    context = torch.cat([h1, out2.hidden_states[-2]], dim=-1)  # (B, 77, d1 + d2)
-    return context, out2.text_embeds
-
-
 def set_training_attention(models, eager: bool) -> None:
     """Eager (matmul + softmax) attention in every model, or back to their SDPA default.
 
@@ -100,13 +88,9 @@ def drop_pooled(pooled: torch.Tensor, gen: torch.Generator, rate: float) -> torc
     return pooled * keep
 
 
-def text_batch(scenes, idx: torch.Tensor, rng, dropout: float, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids for TE1 (pad EOS) and TE2 (pad ``!``) of a caption per sampled scene."""
-    captions = [draw_caption(scenes[i], rng, dropout) for i in idx.tolist()]
-    return (
-        token_ids(captions, pad_id=mc.EOS_ID, max_length=max_length),
-        token_ids(captions, pad_id=0, max_length=max_length),
-    )
+def caption_batch(scenes, idx: torch.Tensor, rng, dropout: float) -> list[str]:
+    """A caption of each sampled scene in a random style (``""`` for a ``dropout`` share, for CFG)."""
+    return [draw_caption(scenes[i], rng, dropout) for i in idx.tolist()]
 
 
 def train_joint(
@@ -154,16 +138,16 @@ def train_joint(
         while step < cfg.steps:
             rng, gen = step_rng(seed, "joint", step)
             idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=gen)
-            ids1, ids2 = text_batch(scenes, idx, rng, cfg.caption_dropout, max_length)  # (B, 77) each
+            captions = caption_batch(scenes, idx, rng, cfg.caption_dropout)
             x0 = latents[idx]  # (B, C, h, w)
             noise = torch.randn(x0.shape, generator=gen)
             t = torch.randint(0, n_train, (cfg.batch_size,), generator=gen)
-            xt = noise_scheduler.add_noise(x0, noise, t)
+            xt = add_noise(noise_scheduler, x0, noise, t)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
-                context, pooled = encode_ids(te1, te2, ids1, ids2)
-                pooled = drop_pooled(pooled, gen, cfg.pooled_dropout)
-                cond = {"text_embeds": pooled, "time_ids": time_ids(cfg.batch_size, image_size, image_size)}
-                pred = unet(xt, t, context, added_cond_kwargs=cond).sample.float()  # (B, C, h, w)
+                enc = encode_with(te1, te2, captions, model_max_length=max_length)  # context (B, 77, d1 + d2)
+                pooled = drop_pooled(enc.pooled, gen, cfg.pooled_dropout)
+                tids = time_ids(cfg.batch_size, image_size, image_size)
+                pred = predict_noise(unet, xt, t, enc.context, pooled, tids).float()  # (B, C, h, w)
             snr = compute_snr(noise_scheduler, t)
             weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # epsilon objective
             loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
@@ -246,4 +230,4 @@ def pretrain(out: Path, cfg: PretrainConfig, *, seed: int = 0, resume: bool = Fa
     return model_dir
 
 
-__all__ = ["PretrainConfig", "TrainingStopped", "encode_ids", "pretrain", "train_joint"]
+__all__ = ["PretrainConfig", "TrainingStopped", "pretrain", "train_joint"]
