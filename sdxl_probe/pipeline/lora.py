@@ -43,7 +43,16 @@ def lora_loaded(components: Any, path: str | Path, adapter_name: str = ADAPTER_N
     had_peft = {
         name: _has_peft(getattr(components, name)) for name in ("unet", "text_encoder", "text_encoder_2")
     }
-    loaded = _inject(Pipe, components, state, alphas, meta, adapter_name)
+    loaded: list[str] = []
+    try:
+        _inject(Pipe, components, state, alphas, meta, adapter_name, loaded)
+    except (ValueError, RuntimeError, KeyError) as e:  # peft's NoMatchingPeftModuleError is a ValueError
+        touched = set(loaded) | {n for n, had in had_peft.items() if not had and _has_peft(getattr(components, n))}
+        _remove(components, sorted(touched), adapter_name, had_peft)
+        reason = str(e).splitlines()[0][:200]
+        raise ModelLoadError(
+            f"{path}: its LoRA layers do not fit this model ({reason}); pass a LoRA trained for this base model"
+        ) from None
     if not loaded:
         raise ModelLoadError(
             f"{path}: no LoRA layer matched this model's UNet or text encoders; check the base model"
@@ -54,8 +63,8 @@ def lora_loaded(components: Any, path: str | Path, adapter_name: str = ADAPTER_N
         _remove(components, loaded, adapter_name, had_peft)
 
 
-def _inject(pipe_cls: Any, components: Any, state: dict, alphas: Any, meta: Any, name: str) -> list[str]:
-    loaded = []
+def _inject(pipe_cls: Any, components: Any, state: dict, alphas: Any, meta: Any, name: str, loaded: list[str]) -> None:
+    """Load the UNet and text-encoder parts, appending each model's name to ``loaded`` as it is done."""
     if any(k.startswith("unet.") for k in state):
         pipe_cls.load_lora_into_unet(state, alphas, unet=components.unet, adapter_name=name, metadata=meta)
         loaded.append("unet")
@@ -66,7 +75,6 @@ def _inject(pipe_cls: Any, components: Any, state: dict, alphas: Any, meta: Any,
                 state, alphas, text_encoder=encoder, prefix=prefix, adapter_name=name, metadata=meta
             )
             loaded.append(prefix)
-    return loaded
 
 
 def _has_peft(model: Any) -> bool:

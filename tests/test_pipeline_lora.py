@@ -1,0 +1,111 @@
+"""LoRA files in kohya and SGM naming load through the pipeline, act as ``W + alpha/r * up @ down``, and unload.
+
+Oracle: the LoRA formula itself (Hu et al. 2021, scaled by ``alpha / rank`` as sd-scripts' ``LoRAModule``),
+applied by hand to each targeted Linear's stored weight; the file is written by hand with the key names
+sd-scripts' ``create_network`` gives SDXL modules (``lora_unet_``/``lora_te1_``/``lora_te2_`` + the module
+path with dots as underscores; the UNet path in SAI/SGM ``input_blocks`` form or in diffusers form).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sdxl_probe.errors import ModelLoadError
+from sdxl_probe.models.ldm_names import _unet_prefixes
+from sdxl_probe.pipeline.lora import lora_loaded
+
+RANK, ALPHA = 2, 1.0  # alpha != rank, so a loader that ignores .alpha fails
+
+# (model, diffusers module path) of the layers the hand-made file targets.
+TARGETS = [
+    ("unet", "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"),
+    ("unet", "up_blocks.0.attentions.1.transformer_blocks.0.attn1.to_q"),
+    ("unet", "mid_block.attentions.0.transformer_blocks.0.ff.net.2"),
+    ("text_encoder", "encoder.layers.0.self_attn.q_proj"),
+    # sd-scripts targets every Linear of CLIPAttention, so real files always carry out_proj; diffusers'
+    # converter needs it to tell the old text-encoder format apart (a q-only TE file is not inferable).
+    ("text_encoder", "encoder.layers.0.self_attn.out_proj"),
+    ("text_encoder_2", "text_model.encoder.layers.1.mlp.fc1"),
+]
+
+
+def sgm_path(unet_config, path: str) -> str:
+    """The SAI/SGM (``input_blocks``...) path of a diffusers UNet module path."""
+    for diffusers_prefix, ldm_prefix, _ in _unet_prefixes(unet_config):
+        if path.startswith(diffusers_prefix):
+            return ldm_prefix + path[len(diffusers_prefix):]
+    raise AssertionError(f"no SGM block for {path}")
+
+
+def kohya_name(components, model: str, path: str, unet_style: str) -> str:
+    """sd-scripts' LoRA module name for a module of ``model``."""
+    if model == "unet":
+        return "lora_unet_" + (sgm_path(components.unet.config, path) if unet_style == "sgm" else path).replace(".", "_")
+    prefix = "lora_te1_" if model == "text_encoder" else "lora_te2_"
+    if not path.startswith("text_model."):  # transformers 5 flattens CLIPTextModel; kohya names keep text_model
+        path = "text_model." + path
+    return prefix + path.replace(".", "_")
+
+
+def write_lora(components, path, unet_style: str) -> dict[tuple[str, str], torch.Tensor]:
+    """Write a LoRA file; return each target's expected weight ``W + alpha/r * up @ down``."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(0)
+    tensors, expected = {}, {}
+    for model, module_path in TARGETS:
+        linear = getattr(components, model).get_submodule(module_path)
+        out_f, in_f = linear.weight.shape
+        down = torch.randn(RANK, in_f, generator=gen) * 0.5
+        up = torch.randn(out_f, RANK, generator=gen) * 0.5
+        name = kohya_name(components, model, module_path, unet_style)
+        tensors |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+                    f"{name}.alpha": torch.tensor(ALPHA)}
+        expected[(model, module_path)] = linear.weight.detach() + (ALPHA / RANK) * up @ down
+    save_file(tensors, str(path))
+    return expected
+
+
+def effective(module: torch.nn.Module) -> torch.Tensor:
+    """The weight a Linear acts with, read off its outputs: f(I) - f(0) = W^T for a bias-carrying layer."""
+    in_f = module.in_features if hasattr(module, "in_features") else module.base_layer.in_features
+    with torch.no_grad():
+        eye = torch.eye(in_f)
+        return (module(eye) - module(torch.zeros(1, in_f))).T
+
+
+@pytest.fixture()
+def components(tiny_components):
+    return copy.deepcopy(tiny_components)
+
+
+@pytest.mark.parametrize("unet_style", ["sgm", "diffusers"])
+def test_kohya_lora_acts_as_the_formula_and_unloads(components, tmp_path, unet_style):
+    before = {t: effective(getattr(components, t[0]).get_submodule(t[1])) for t in TARGETS}
+    expected = write_lora(components, tmp_path / "lora.safetensors", unet_style)
+    with lora_loaded(components, tmp_path / "lora.safetensors") as loaded:
+        assert sorted(loaded) == ["text_encoder", "text_encoder_2", "unet"]
+        for model, module_path in TARGETS:
+            got = effective(getattr(components, model).get_submodule(module_path))
+            torch.testing.assert_close(got, expected[(model, module_path)], atol=1e-5, rtol=1e-5)
+    for model, module_path in TARGETS:
+        module = getattr(components, model).get_submodule(module_path)
+        assert type(module) is torch.nn.Linear, f"{model}.{module_path} still wrapped: {type(module)}"
+        torch.testing.assert_close(effective(module), before[(model, module_path)], atol=0, rtol=0)
+
+
+def test_lora_for_another_architecture_is_refused(components, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"lora_unet_nothing_here_to_k.lora_down.weight": torch.zeros(2, 3),
+               "lora_unet_nothing_here_to_k.lora_up.weight": torch.zeros(3, 2)}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(ModelLoadError, match="x.safetensors"):
+        with lora_loaded(components, tmp_path / "x.safetensors"):
+            pass
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    left = [n for n, m in components.unet.named_modules() if isinstance(m, BaseTunerLayer)]
+    assert left == [], f"a failed load left LoRA layers behind: {left[:3]}"
