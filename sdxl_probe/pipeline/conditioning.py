@@ -1,7 +1,7 @@
 """Encode captions into SDXL text conditioning, as sd-scripts or diffusers does.
 
 ``mode="sd-scripts"`` follows kohya-ss/sd-scripts ``SdxlTextEncodingStrategy`` (library/strategy_sdxl.py,
-reference/sd-scripts-compat.md §1): every 77-slot chunk of :func:`~sdxl_probe.text.tokens.chunk_layout`
+docs/sd-scripts-compat.md §1): every 77-slot chunk of :func:`~sdxl_probe.text.tokens.chunk_layout`
 is encoded alone; both encoders give their penultimate hidden states (no final layer norm; sd-scripts'
 ``hidden_states[11]`` for TE1 and ``hidden_states[-2]`` for TE2 are both layer ``num_hidden_layers - 1``);
 chunks are joined keeping chunk 1's BOS, each chunk's 75 middle states and the last chunk's final

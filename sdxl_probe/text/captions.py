@@ -1,7 +1,7 @@
 """The kohya caption pipeline as a pure function with an explicit RNG.
 
 Source: kohya-ss/sd-scripts ``BaseDataset.process_caption`` (library/train_util.py), see
-reference/sd-scripts-compat.md §2. Steps, in sd-scripts' order, drawing random numbers in the
+docs/sd-scripts-compat.md §2. Steps, in sd-scripts' order, drawing random numbers in the
 same order (so a seeded ``random.Random`` replays one sd-scripts draw sequence):
 
 1. ``caption_prefix + " " + caption`` and ``caption + " " + caption_suffix``;

@@ -5,7 +5,7 @@ A caption becomes :class:`Token` records (id, caption span, tag index, weight); 
 token lands in the UNet context, and which tokens (and tags) ``max_token_length`` cut.
 
 Chunking follows kohya-ss/sd-scripts ``TokenizeStrategy._get_input_ids`` (library/strategy_base.py,
-see reference/sd-scripts-compat.md §1):
+see docs/sd-scripts-compat.md §1):
 
 * ``max_length = model_max_length`` (77) when ``max_token_length`` is None, else
   ``max_token_length + 2``; the caption is right-truncated to ``max_length - 2`` tokens and laid

@@ -1,7 +1,7 @@
 """The toy world: scenes of 1-3 flat coloured shapes, rendered with a ground-truth mask per object.
 
 The world is small enough that a tiny SDXL-architecture model can learn it on two CPU cores
-(see ``shared/reference/toy-world.md``), and plain enough that a classical judge
+(``sdxl_probe/toy/weights/README.md`` has the measurements), and plain enough that a classical judge
 (:mod:`sdxl_probe.toy.judge`) can read any image back.
 
 Vocabulary:

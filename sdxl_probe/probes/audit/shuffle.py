@@ -1,6 +1,6 @@
 """Where do tags land under ``shuffle_caption``? Per-tag probability of being cut at a limit.
 
-Model (sd-scripts ``process_caption``, see sd-scripts-compat.md §2): the caption is split on
+Model (sd-scripts ``process_caption``, see docs/sd-scripts-compat.md §2): the caption is split on
 ``caption_separator``, each piece stripped; the first ``keep_tokens`` tags stay in place, the
 rest are shuffled, and all are rejoined with ``separator + " "`` (``", "``). A tag is *cut* at limit ``L`` when any
 of its tokens sits past caption token ``L`` (it is partly or wholly lost).
