@@ -6,13 +6,20 @@
 The full-size file has the exact key set and shapes of ``sd_xl_base_1.0.safetensors``
 (2,515 tensors, generated from the shipped configs on the meta device and renamed to the
 SAI layout), random fp16 values, written once, streaming, to a cache folder outside the
-repository. Each loader runs in its own subprocess; the child reports its load seconds and
-its peak resident memory (``ru_maxrss``). Goal (issue #2): our peak <= 1.2 x file size, and
-no worse than diffusers ``StableDiffusionXLPipeline.from_single_file(path, config=<shipped
-config dir>, local_files_only=True)``, given the file's dtype (fp16) as ``torch_dtype`` so
-both return the same modules. Both loaders memory-map the file, so their weights page in
-on first use: each child therefore reads one element per 2 KB of every weight before its
-peak is taken, as any forward pass would.
+repository. Each loader runs in its own subprocess; the child reports its load seconds, its
+peak resident memory (``ru_maxrss``) and a checksum of every parameter (the loaders must
+agree, else the exit status is 1). Goal (issue #10): time to usable weights no slower than
+diffusers ``StableDiffusionXLPipeline.from_single_file(path, config=<shipped config dir>,
+local_files_only=True)``, given the file's dtype (fp16) as ``torch_dtype`` so both return the
+same modules, at a peak no higher than 1.12 x the file. Both loaders memory-map the file, so
+their weights page in on first use: each child therefore reads one element per 2 KB of every
+weight before its peak is taken, as any forward pass would.
+
+Both loaders meet the same page cache: before every child the file is either evicted
+(cold: ``posix_fadvise(POSIX_FADV_DONTNEED)``; ``/proc/sys/vm/drop_caches`` is not writable
+here) or read once through (warm). The loader order alternates between repetitions (ours
+first, then diffusers first); figures are medians. Full-size runs need ~8 GB each: run them
+under ``flock /tmp/fullsize.lock`` on a shared machine.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -74,7 +82,7 @@ def write_tiny_file(cache: Path) -> tuple[Path, Path]:
 
 
 def child(loader: str, path: str, config: str) -> None:
-    """Run one loader in this process and print a JSON line with seconds and peak RSS."""
+    """Run one loader in this process and print a JSON line with seconds, peak RSS and a weight checksum."""
     import torch  # imports are not part of the timed load
 
     if loader == "ours":
@@ -96,42 +104,56 @@ def child(loader: str, path: str, config: str) -> None:
         )
     seconds = time.perf_counter() - start
     loaded_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    params = touch_every_page(loaded)
+    params, checksums = touch_every_page(loaded)
     touched_seconds = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(
-        json.dumps(
-            {
-                "seconds": seconds,
-                "touched_seconds": touched_seconds,
-                "loaded_kb": loaded_kb,
-                "peak_kb": peak_kb,
-                "base_kb": base_kb,
-                "params": params,
-            }
-        )
-    )
+    result = {"seconds": seconds, "touched_seconds": touched_seconds, "loaded_kb": loaded_kb, "peak_kb": peak_kb,
+              "base_kb": base_kb, "params": params, "checksums": checksums}  # fmt: skip
+    print(json.dumps(result))
 
 
-def touch_every_page(loaded) -> int:
+def touch_every_page(loaded) -> tuple[int, dict[str, list]]:
     """Read one element per 2 KB of every parameter, as any forward pass would read them all.
 
-    A memory-mapped loader (diffusers) returns lazily paged weights, whose resident memory only
-    shows once they are used; this makes both loaders' peaks comparable. Returns the parameter count.
+    A memory-mapped loader returns lazily paged weights, whose resident memory only shows once
+    they are used; this makes both loaders' peaks comparable. Returns the parameter count and,
+    per network, each parameter's name, shape and the float64 sum of the elements read (the
+    loaders must agree exactly).
     """
     import torch
 
-    count = 0
+    count, sums = 0, {}
     with torch.no_grad():
         for name in MODEL_NAMES:
-            for p in getattr(loaded, name).parameters():
+            rows = []
+            for pname, p in getattr(loaded, name).named_parameters():
                 flat = p.detach().reshape(-1)
-                flat[:: max(1, 2048 // p.element_size())].float().sum().item()
+                rows.append(
+                    [pname, list(p.shape), flat[:: max(1, 2048 // p.element_size())].double().sum().item()]
+                )
                 count += p.numel()
-    return count
+            sums[name] = rows
+    return count, sums
 
 
-def measure(loader: str, path: Path, config: Path) -> dict:
+def page_cache(path: Path, state: str) -> None:
+    """Put ``path`` in the page cache (``warm``: read it once through) or take it out (``cold``).
+
+    ``/proc/sys/vm/drop_caches`` is not writable in this container, so cold uses
+    ``posix_fadvise(POSIX_FADV_DONTNEED)`` on the file, which evicts its clean, unmapped pages.
+    """
+    with path.open("rb") as f:
+        if state == "warm":
+            while f.read(64 << 20):
+                pass
+        else:
+            os.fsync(f.fileno())
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def measure(loader: str, path: Path, config: Path, cache: str) -> dict:
+    """One loader in a fresh process, the file's page cache first put in state ``cache``."""
+    page_cache(path, cache)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, __file__, "--child", loader, str(path), str(config)]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -140,13 +162,16 @@ def measure(loader: str, path: Path, config: Path) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def report(name: str, result: dict, size: int) -> None:
-    loaded, peak, base = (result[k] * 1024 for k in ("loaded_kb", "peak_kb", "base_kb"))
+def report(name: str, results: list[dict], size: int) -> None:
+    med = {
+        k: statistics.median(r[k] for r in results)
+        for k in ("seconds", "touched_seconds", "loaded_kb", "peak_kb")
+    }
     print(
-        f"{name:9s} load {result['seconds']:6.1f} s (+ reading every weight: {result['touched_seconds']:6.1f} s)   "
-        f"peak RSS after load {loaded / 1e9:5.2f} GB = {loaded / size:.2f} x file, "
-        f"after reading every weight {peak / 1e9:5.2f} GB = {peak / size:.2f} x file   "
-        f"(imports alone {base / 1e9:.2f} GB)   params {result['params']:,}"
+        f"  {name:9s} load {med['seconds']:5.1f} s, usable (every weight read) {med['touched_seconds']:5.1f} s   "
+        f"peak RSS after load {med['loaded_kb'] * 1024 / size:.2f} x file, after reading every weight "
+        f"{med['peak_kb'] * 1024 / 1e9:5.2f} GB = {med['peak_kb'] * 1024 / size:.2f} x file   (imports alone "
+        f"{results[0]['base_kb'] * 1024 / 1e9:.2f} GB)"
     )
 
 
@@ -156,33 +181,61 @@ def main() -> None:
     parser.add_argument(
         "--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the benchmark files live"
     )
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each (loader, page cache) pair")
     parser.add_argument("--child", nargs=3, metavar=("LOADER", "PATH", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
-    if args.full_size:
-        from sdxl_probe.models.configs import SDXL_BASE_DIR
-
-        path, config = args.cache_dir / "sdxl_base_random_fp16.safetensors", SDXL_BASE_DIR
-        if not path.exists():
-            start = time.perf_counter()
-            write_full_size_file(path)
-            print(f"wrote {path} in {time.perf_counter() - start:.0f} s")
-    else:
-        path, config = write_tiny_file(args.cache_dir)
+    path, config = prepare(args)
     size = path.stat().st_size
     print(f"file {path}: {size / 1e9:.3f} GB")
     if size < 10**9:
         print("small file: import overhead dominates peak RSS, so the ratios mean little; use --full-size")
-    ours, theirs = measure("ours", path, config), measure("diffusers", path, config)
-    report("ours", ours, size)
-    report("diffusers", theirs, size)
+    results: dict[tuple[str, str], list[dict]] = {}
+    for rep in range(args.reps):
+        order = ("ours", "diffusers") if rep % 2 == 0 else ("diffusers", "ours")
+        for cache in ("cold", "warm"):
+            for loader in order:
+                r = measure(loader, path, config, cache)
+                results.setdefault((loader, cache), []).append(r)
+        print(f"rep {rep + 1}/{args.reps} ({' then '.join(order)}): " + ", ".join(
+            f"{lo} {ca} {rs[-1]['touched_seconds']:.1f} s" for (lo, ca), rs in results.items()))  # fmt: skip
+    mismatch = [n for n in MODEL_NAMES if results["ours", "cold"][0]["checksums"][n]
+                != results["diffusers", "cold"][0]["checksums"][n]]  # fmt: skip
+    print(f"medians of {args.reps}, order alternated; cold: file evicted from the page cache (posix_fadvise "
+          "DONTNEED) before each child; warm: file read once through before each child")  # fmt: skip
+    for cache in ("cold", "warm"):
+        print(f"{cache}:")
+        for loader in ("ours", "diffusers"):
+            report(loader, results[loader, cache], size)
+        o, d = (
+            statistics.median(r["touched_seconds"] for r in results[lo, cache])
+            for lo in ("ours", "diffusers")
+        )
+        po, pd = (statistics.median(r["peak_kb"] for r in results[lo, cache]) * 1024 / size
+                  for lo in ("ours", "diffusers"))  # fmt: skip
+        print(f"  {cache}: time to usable weights ours/diffusers {o / d:.2f} (goal <= 1); peak RSS / file "
+              f"ours {po:.2f}, diffusers {pd:.2f} (goal: ours <= 1.12)")  # fmt: skip
     print(
-        f"peak RSS / file size (after reading every weight): ours {ours['peak_kb'] * 1024 / size:.2f}, "
-        f"diffusers {theirs['peak_kb'] * 1024 / size:.2f} (goal: ours <= 1.2 and <= diffusers); "
-        f"time to usable weights ours/diffusers {ours['touched_seconds'] / theirs['touched_seconds']:.2f}"
+        f"weights identical (sampled checksums, every parameter): {'yes' if not mismatch else 'NO: ' + str(mismatch)}"
     )
+    if mismatch:
+        raise SystemExit(f"loaders disagree on {mismatch}")
+
+
+def prepare(args) -> tuple[Path, Path]:
+    """The benchmark file (written once) and the diffusers config folder for it."""
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    if not args.full_size:
+        return write_tiny_file(args.cache_dir)
+    from sdxl_probe.models.configs import SDXL_BASE_DIR
+
+    path = args.cache_dir / "sdxl_base_random_fp16.safetensors"
+    if not path.exists():
+        start = time.perf_counter()
+        write_full_size_file(path)
+        print(f"wrote {path} in {time.perf_counter() - start:.0f} s")
+    return path, SDXL_BASE_DIR
 
 
 if __name__ == "__main__":

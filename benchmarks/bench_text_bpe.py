@@ -1,12 +1,19 @@
 """Throughput of ClipBPE.encode against HF CLIPTokenizer's batch call on tag captions.
 
 Goal (issue #2 / token audit): ClipBPE >= 10x the HF batch call on ~75-token tag captions.
-Captions are unique; tags repeat across them, as in real datasets. Prints captions/s and ratios.
+Captions are unique; tags repeat across them, as in real datasets. Both sides produce the same
+thing: unpadded, untruncated ids without BOS/EOS (``add_special_tokens=False``). HF runs
+single-threaded (``TOKENIZERS_PARALLELISM=false``, ``RAYON_NUM_THREADS=1``), after a warm-up
+call on other captions; ours cold is a fresh ``ClipBPE`` (empty caches, vocabulary load
+included), warm is a second pass. Medians of 3; every caption's ids must equal HF's, else the
+exit status is 1.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import statistics
 import time
 
 N_CAPTIONS = 20000
@@ -24,11 +31,11 @@ def tag_captions(n: int, seed: int = 0) -> list[str]:
     return [", ".join(rng.sample(tags, 30)) for _ in range(n)]
 
 
-def rate(fn, captions: list[str]) -> float:
-    """Captions per second of ``fn(captions)``."""
+def seconds(fn, captions: list[str]) -> float:
+    """Wall seconds of ``fn(captions)``."""
     start = time.perf_counter()
     fn(captions)
-    return len(captions) / (time.perf_counter() - start)
+    return time.perf_counter() - start
 
 
 def each(fn):
@@ -42,27 +49,52 @@ def each(fn):
 
 
 def main() -> None:
+    os.environ.update(TOKENIZERS_PARALLELISM="false", RAYON_NUM_THREADS="1")  # before tokenizers loads
     from sdxl_probe.models.tokenizers import build_clip_tokenizer
     from sdxl_probe.text.bpe import ClipBPE
     from sdxl_probe.text.tokens import tokenize_caption
 
     captions = tag_captions(N_CAPTIONS)
-    hf = build_clip_tokenizer("eos", model_max_length=1000)  # no length warnings: we time, not truncate
-    bpe = ClipBPE()
-    mean_tokens = sum(len(bpe.encode(c)) for c in captions[:500]) / 500
-    bpe = ClipBPE()  # fresh caches for the cold run
-    hf_rate = rate(lambda cs: hf(cs, padding="max_length", max_length=77, truncation=True), captions)
-    cold = rate(each(bpe.encode), captions)
-    warm = rate(each(bpe.encode), captions)
-    spans = rate(each(bpe.encode_with_spans), captions)
-    tokenized = rate(each(tokenize_caption), captions)
-    same = all(h[1:-1] == bpe.encode(c) for h, c in zip(hf(captions[:500]).input_ids, captions[:500], strict=True))
-    print(f"{N_CAPTIONS} unique tag captions, {mean_tokens:.1f} tokens on average; ids equal HF: {same}")
-    print(f"HF CLIPTokenizer batch call : {hf_rate:9.0f} captions/s")
-    print(f"ClipBPE.encode, cold caches : {cold:9.0f} captions/s ({cold / hf_rate:.1f}x HF)")
-    print(f"ClipBPE.encode, warm caches : {warm:9.0f} captions/s ({warm / hf_rate:.1f}x HF, goal >= 10x)")
-    print(f"ClipBPE.encode_with_spans   : {spans:9.0f} captions/s ({spans / hf_rate:.1f}x HF)")
-    print(f"tokenize_caption (Tokens)   : {tokenized:9.0f} captions/s ({tokenized / hf_rate:.1f}x HF)")
+    hf = build_clip_tokenizer("eos", model_max_length=10**6)  # no length warnings: nothing is truncated
+    hf(tag_captions(200, seed=1), add_special_tokens=False)  # warm-up
+    hf_ids = hf(captions, add_special_tokens=False)["input_ids"]
+    ours = ClipBPE().encode
+    bad = sum(ours(c) != h for c, h in zip(captions, hf_ids, strict=True))
+    mean_tokens = sum(map(len, hf_ids)) / len(hf_ids)
+    t = {k: [] for k in ("hf", "cold", "warm", "spans", "tokens")}
+    for rep in range(3):
+        for side in ("hf", "ours") if rep % 2 == 0 else ("ours", "hf"):
+            if side == "hf":
+                t["hf"].append(seconds(lambda cs: hf(cs, add_special_tokens=False), captions))
+                continue
+            start = time.perf_counter()
+            bpe = ClipBPE()  # fresh caches, vocabulary load included
+            each(bpe.encode)(captions)
+            t["cold"].append(time.perf_counter() - start)
+            t["warm"].append(seconds(each(bpe.encode), captions))
+            t["spans"].append(seconds(each(bpe.encode_with_spans), captions))
+            t["tokens"].append(seconds(each(tokenize_caption), captions))
+    med = {k: statistics.median(v) for k, v in t.items()}
+    rate = {k: N_CAPTIONS / v for k, v in med.items()}
+    print(
+        f"{N_CAPTIONS} unique tag captions, {mean_tokens:.1f} tokens on average, medians of 3, HF single-threaded"
+    )
+    print(f"HF CLIPTokenizer batch call (unpadded) : {rate['hf']:9.0f} captions/s")
+    print(
+        f"ClipBPE.encode, cold (fresh instance)  : {rate['cold']:9.0f} captions/s ({rate['cold'] / rate['hf']:.1f}x HF)"
+    )
+    print(
+        f"ClipBPE.encode, warm caches            : {rate['warm']:9.0f} captions/s ({rate['warm'] / rate['hf']:.1f}x HF, goal >= 10x)"
+    )
+    print(
+        f"ClipBPE.encode_with_spans, warm        : {rate['spans']:9.0f} captions/s ({rate['spans'] / rate['hf']:.1f}x HF)"
+    )
+    print(
+        f"tokenize_caption (Tokens), warm        : {rate['tokens']:9.0f} captions/s ({rate['tokens'] / rate['hf']:.1f}x HF)"
+    )
+    print(f"ids identical to HF (unpadded): {N_CAPTIONS - bad}/{N_CAPTIONS}")
+    if bad:
+        raise SystemExit(f"{bad} captions tokenized differently from HF")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,15 @@ class ProbeApp(typer.Typer):
         except KeyboardInterrupt:
             typer.secho("interrupted", err=True)
             sys.exit(130)
+        except OSError as e:
+            from sdxl_probe.outputs import WRITE_ERRNOS
+
+            if e.errno not in WRITE_ERRNOS:
+                raise
+            where = f" {e.filename}" if e.filename else ""
+            typer.secho(f"error: cannot write{where}: {e.strerror or e}; free space or fix permissions, then rerun",
+                        err=True, fg=typer.colors.RED)  # fmt: skip
+            sys.exit(2)
 
 
 def _version(value: bool) -> None:
@@ -71,6 +80,9 @@ app = build_app()
 
 
 def main() -> None:
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 path in a message prints escaped, never a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     app()
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sdxl_probe.errors import ConfigError
+from sdxl_probe.io import read_bounded
+from sdxl_probe.options import check
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,6 +24,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 T = TypeVar("T")
+MAX_TOML_BYTES = 16 * 2**20  # configs are a few KB; a bigger file is not a config
 
 
 def nearest(name: str, options: typing.Iterable[str]) -> str | None:
@@ -42,12 +45,19 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file, turning syntax errors into a ConfigError that names the file."""
     p = Path(path)
     try:
-        with p.open("rb") as f:
-            return tomllib.load(f)
+        data = read_bounded(p, MAX_TOML_BYTES, what="config file")
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found; check the path") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the config file ({e.strerror or e}); check the path") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a UTF-8 text file (byte {e.start}); give a TOML text file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: invalid TOML ({e}); fix the syntax at that line") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: TOML nested too deeply to read; flatten its tables") from None
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
@@ -59,7 +69,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         where: a label for messages, e.g. the file name and section.
 
     Raises:
-        ConfigError: on an unknown key (naming the nearest valid one) or a wrongly typed value.
+        ConfigError: on an unknown key (naming the nearest valid one), a wrongly typed value, or a
+            value outside the bounds its field declares (:mod:`sdxl_probe.options`).
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table, got {type(data).__name__}")
@@ -69,8 +80,11 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         if key not in fields:
             raise ConfigError(unknown_key_message(key, fields, where))
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    check(cls, kwargs, lambda k: f"{where}: {k} =", lambda k, example: f"set {k} = {example} in {where}")
     try:
         return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from None
 

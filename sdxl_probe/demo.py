@@ -67,12 +67,22 @@ def run_step(args: list[str]) -> tuple[int, float]:
 
 
 def main() -> int:
-    if OUT.exists():
-        import shutil
+    """Run every step into a temp sibling of OUT, swapped in whole at the end (a killed demo leaves the last one)."""
+    from sdxl_probe.errors import ProbeError
+    from sdxl_probe.outputs import output_folder
 
-        shutil.rmtree(OUT)
+    try:
+        with output_folder(OUT, owns=("index.html",)) as tmp:
+            return run_all(tmp)
+    except ProbeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run_all(out: Path) -> int:
+    """Run the demo steps into ``out`` and write its index page; 1 if a step failed."""
     links, failed = [], []
-    for title, args, report in steps(OUT):
+    for title, args, report in steps(out):
         code, seconds = run_step(args)
         print(f"  -> exit {code} in {seconds:.1f} s", flush=True)
         if code != 0:
@@ -82,12 +92,12 @@ def main() -> int:
     sections = [{"title": "Reports", "links": links,
                  "paragraphs": ["Every figure on these pages comes from the project's toy model and toy world "
                                 "(a small learned SDXL-architecture model), not from real SDXL.",
-                                model_status(OUT)]}]  # fmt: skip
+                                model_status(out)]}]  # fmt: skip
     if failed:
         sections.append({"title": "Steps that failed", "paragraphs": failed})
     header = ReportHeader(title="sdxl-probe demo", model="toy", model_kind="toy", dataset=str(OUT / "data"))
-    index = render_page("simple.html.j2", {"sections": sections}, OUT / "index.html", header=header)
-    print(f"wrote {index}")
+    render_page("simple.html.j2", {"sections": sections}, out / "index.html", header=header)
+    print(f"wrote {OUT / 'index.html'}")
     return 1 if failed else 0
 
 

@@ -119,7 +119,8 @@ def test_cli_generate_inspect_report(tiny_components, tmp_path, monkeypatch):
     import sdxl_probe.models.load as load
     from sdxl_probe.commands.attention import attention_app
 
-    monkeypatch.setattr(load, "load_components", lambda *a, **k: tiny_components)
+    # a copy: `attention generate` releases the networks it has finished with
+    monkeypatch.setattr(load, "load_components", lambda *a, **k: copy.deepcopy(tiny_components))
     runner = CliRunner()
     out = tmp_path / "gen"
     r = runner.invoke(

@@ -182,8 +182,14 @@ def test_jsonl_and_csv_inputs(tmp_path):
 
 
 def test_shuffle_probabilities_reported(tmp_path):
+    """Monte Carlo on captions whose flex tags are all "red cat": every order is the same caption.
+
+    Oracle: arithmetic. "sks" (1 token) stays first; the k-th "red cat" ends at token 1 + 3k (", red cat"
+    is 3 tokens), so it is cut at 75 when k >= 25, in every random order.
+    """
     rng = random.Random(5)
-    caps = {"2_x": [", ".join(["sks", *("red cat" for _ in range(rng.randint(20, 40)))]) for _ in range(20)]}
+    counts = [rng.randint(20, 40) for _ in range(20)]
+    caps = {"2_x": [", ".join(["sks", *("red cat" for _ in range(n))]) for n in counts]}
     write_kohya_folder(tmp_path / "d", caps)
     ds = open_dataset(tmp_path / "d", cli_defaults={"shuffle_caption": True, "keep_tokens": 1})
     res = run_audit(
@@ -193,7 +199,33 @@ def test_shuffle_probabilities_reported(tmp_path):
     assert sh["method"]["monte_carlo"] > 0 and sh["seed"] == 3 and sh["samples"] == 16
     rows = {r["tag"]: r for r in sh["tables"]["75"]}
     assert "sks" not in rows  # kept by keep_tokens=1, always first
-    assert 0 < rows["red cat"]["mean_prob"] < 1
+    cut = sum(max(0, n - 24) for n in counts)
+    assert rows["red cat"]["occurrences"] == sum(counts)
+    assert rows["red cat"]["mean_prob"] == pytest.approx(cut / sum(counts), abs=1e-12)
+    assert rows["red cat"]["expected_cut"] == pytest.approx(cut, abs=1e-9)
+
+
+def test_exact_shuffle_probabilities_equal_enumeration_of_every_order(tmp_path):
+    """``audit`` with shuffle_caption and keep_tokens=1 on a caption with 6 distinct flex tags.
+
+    Oracle: every one of the 720 orders rejoined as sd-scripts does, tokenized for real, and each
+    tag's position read from token spans (``_brute_force`` of test_audit_core).
+    """
+    from test_audit_core import _brute_force
+
+    rng = random.Random(11)
+    words = ["red", "cat", "blue", "dog", "sky", "tree", "sun", "moon"]
+    flex = [" ".join(rng.choice(words) for _ in range(rng.randint(8, 20))) + f" t{i}" for i in range(6)]
+    caption = ", ".join(["sks", *flex])
+    write_kohya_folder(tmp_path / "d", {"1_x": [caption]})
+    ds = open_dataset(tmp_path / "d", cli_defaults={"shuffle_caption": True, "keep_tokens": 1})
+    res = run_audit(ds, tmp_path / "o", AuditSettings(seed=0), name="x", header={"title": "x"})
+    sh = res.stats["shuffle"]
+    assert sh["method"] == {"exact": len(sh["limits"])}
+    expected = dict(zip(["sks", *flex], _brute_force(caption, 1, 75), strict=True))
+    assert 0 < sum(expected.values()) < len(flex)  # the cut falls among the flex tags
+    got = {r["tag"]: r["mean_prob"] for r in sh["tables"]["75"]}
+    assert got == pytest.approx({t: p for t, p in expected.items() if p > 0}, abs=1e-12)
 
 
 def test_report_rerenders_from_saved_files_without_torch(audited):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -48,7 +49,9 @@ def test_pair_values_differ_for_tags_and_sentence(encode):
         "te1.cos", "te1.word", "te1.set", "te2.cos", "te2.word", "te2.set",
         "context.cos", "context.word", "context.set", "pooled.cos",
     }  # fmt: skip
-    assert all(-1.0 <= v < 0.999999 for v in values.values())
+    expected = _pair_oracle(a, b)  # oracle: the same measures recomputed with plain torch
+    assert values == pytest.approx(expected, abs=1e-9)
+    assert all(v < 0.999999 for v in values.values())  # tags and sentence do differ in every view
 
 
 def test_word_alignment_maps_shared_words_to_their_token_positions(encode):
@@ -87,13 +90,22 @@ def test_cached_encoding_equals_fresh_and_rebuilds_bookkeeping(tiny_components, 
         assert w.tokenized == ref.captions[i]
 
 
-def test_order_drift_positive_and_reproducible(encode):
+def test_order_drift_equals_recomputed_drift_and_is_reproducible(encode):
+    """Oracle: each shuffled caption (the same seeded orders) encoded and its drift recomputed in torch."""
+    import random
+
+    from sdxl_probe.probes.embed.sensitivity import join_tags, shuffled_orders, split_tags
+
     kwargs = dict(k=4, encode=encode, settings=EncodeSettings())
     first = order_sensitivity([TAGS], seed=7, **kwargs)
     again = order_sensitivity([TAGS], seed=7, **kwargs)
     other = order_sensitivity([TAGS], seed=8, **kwargs)
-    assert len(first) == 4
-    assert all(s.values[f"{v}.cos"] > 0 for s in first for v in ("te1", "te2", "context", "pooled"))
+    orders = [join_tags(o) for o in shuffled_orders(split_tags(TAGS), 4, random.Random(7))]
+    assert len(first) == 4 and all(sorted(o.split(", ")) == sorted(TAGS.split(", ")) != o.split(", ") for o in orders)
+    base, *shuffled = encode([TAGS, *orders], EncodeSettings())
+    for sample, enc in zip(first, shuffled, strict=True):
+        assert sample.values == pytest.approx(_drift_oracle(base, enc), abs=1e-9)
+        assert all(sample.values[f"{v}.cos"] > 1e-9 for v in ("te1", "te2", "context", "pooled"))
     assert [s.values for s in first] == [s.values for s in again]
     assert [s.values for s in first] != [s.values for s in other]
 
@@ -120,9 +132,19 @@ def test_cut_after_tokens():
 
 
 def test_position_drift_of_moved_tag(encode):
+    """Oracle: "red circle" (2 tokens) is at context positions 1-2 of TAGS and at the last two content
+    positions once moved to the end; drifts recomputed from those states in torch."""
     (sample,) = position_sensitivity([TAGS], encode=encode, settings=EncodeSettings())
-    assert sample.values["tag_te1.cos"] > 0 and sample.values["tag_te2.cos"] > 0
-    assert sample.values["pooled.cos"] > 0
+    tags = TAGS.split(", ")
+    base, moved = encode([TAGS, ", ".join(tags[1:] + tags[:1])], EncodeSettings())
+    n = len(moved.tokenized.tokens)
+    assert [t.text for t in moved.tokenized.tokens[n - 2 :]] == [t.text for t in base.tokenized.tokens[:2]]
+    expected = _drift_oracle(base, moved)
+    for view in ("te1", "te2", "context"):
+        cos, rel = _drift(_states(base, view)[[1, 2]].mean(0), _states(moved, view)[[n - 1, n]].mean(0))
+        expected |= {f"tag_{view}.cos": cos, f"tag_{view}.rel_l2": rel}
+    assert sample.values == pytest.approx(expected, abs=1e-9)
+    assert sample.values["tag_te1.cos"] > 1e-6 and sample.values["pooled.cos"] > 1e-6  # causal: moving moves
 
 
 def test_weighting_scales_tag_states_and_leaves_pooled(encode):
@@ -130,7 +152,33 @@ def test_weighting_scales_tag_states_and_leaves_pooled(encode):
     assert sample.values["pooled.cos"] == pytest.approx(0.0, abs=1e-6)
     assert sample.values["tag_context.rel_l2"] == pytest.approx(0.2, abs=1e-4)
     assert sample.values["tag_context.cos"] == pytest.approx(0.0, abs=1e-6)
-    assert sample.values["context.cos"] > 0
+    # Oracle: the plain caption's states with the weighted tag's positions scaled by 1.2 (sd-scripts SDXL).
+    plain, marked = _weighting_captions(TAGS, weight=1.2, seed=0)
+    (a,) = encode([plain], EncodeSettings(weighted=True))
+    span = _span_positions(a, marked)
+    scaled = copy.copy(a)
+    scale = torch.ones(a.te1.shape[0], 1)
+    scale[span] = 1.2
+    scaled.te1, scaled.te2 = a.te1 * scale, a.te2 * scale
+    expected = _drift_oracle(a, scaled)
+    assert {k: sample.values[k] for k in expected} == pytest.approx(expected, abs=1e-6)
+    assert sample.values["context.cos"] > 1e-9
+
+
+def _weighting_captions(caption: str, *, weight: float, seed: int) -> tuple[str, str]:
+    """The plain and weighted captions ``weighting_sensitivity`` builds: one seeded tag as ``(tag:w)``."""
+    import random
+
+    tags = caption.split(", ")
+    pick = random.Random(seed).randrange(len(tags))
+    return caption, ", ".join(tags[:pick] + [f"({tags[pick]}:{weight:g})"] + tags[pick + 1 :])
+
+
+def _span_positions(enc, marked: str) -> list[int]:
+    """Context positions of the tokens of the weighted tag: the tag text inside the brackets."""
+    tag = marked[marked.index("(") + 1 : marked.index(":")]
+    start = enc.caption.index(tag)
+    return [i + 1 for i, t in enumerate(enc.tokenized.tokens) if t.start < start + len(tag) and start < t.end]
 
 
 def test_settings_validation():
@@ -141,3 +189,57 @@ def test_settings_validation():
         EmbedSettings(truncation_lengths=[75, 100])
     with pytest.raises(ValueError):
         dataclasses.replace(EmbedSettings(), mode="comfy")
+
+
+# ---------------------------------------------------------------- oracle: the measures in plain torch, float64
+
+
+def _states(enc, view: str) -> torch.Tensor:
+    return {"te1": enc.te1, "te2": enc.te2, "context": torch.cat([enc.te1, enc.te2], dim=-1)}[view].double()
+
+
+def _layout(enc, view: str):
+    return enc.layout_te2 if view == "te2" else enc.layout_te1
+
+
+def _kept(enc, view: str) -> list[int]:
+    return [p for p in _layout(enc, view).positions if p is not None]
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def _drift(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """(1 - cosine, |a - b| / |a|)."""
+    a, b = a.double().flatten(), b.double().flatten()
+    return 1.0 - _cos(a, b), float((a - b).norm() / a.norm())
+
+
+def _best_match(a: torch.Tensor, b: torch.Tensor) -> float:
+    sim = torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T  # (n, m)
+    return float((sim.max(dim=1).values.mean() + sim.max(dim=0).values.mean()) / 2)
+
+
+def _pair_oracle(a, b) -> dict[str, float]:
+    """``pair_values`` recomputed: mean-pooled cosine, word-aligned cosine, best-match, pooled cosine."""
+    out = {"pooled.cos": _cos(a.pooled, b.pooled)}
+    for view in ("te1", "te2", "context"):
+        sa, sb = _states(a, view), _states(b, view)
+        pa, pb = _kept(a, view), _kept(b, view)
+        out[f"{view}.cos"] = _cos(sa[pa].mean(0), sb[pb].mean(0))
+        shared = shared_word_positions(a.tokenized, _layout(a, view), b.tokenized, _layout(b, view))
+        out[f"{view}.word"] = sum(_cos(sa[x].mean(0), sb[y].mean(0)) for x, y in shared.values()) / len(shared)
+        out[f"{view}.set"] = _best_match(sa[pa], sb[pb])
+    return out
+
+
+def _drift_oracle(a, b) -> dict[str, float]:
+    """``embedding_drifts`` recomputed from the two encodings."""
+    out = {}
+    for view in ("te1", "te2", "context"):
+        d = _drift(_states(a, view)[_kept(a, view)].mean(0), _states(b, view)[_kept(b, view)].mean(0))
+        out[f"{view}.cos"], out[f"{view}.rel_l2"] = d
+    out["pooled.cos"], out["pooled.rel_l2"] = _drift(a.pooled, b.pooled)
+    return out

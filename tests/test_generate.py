@@ -46,13 +46,6 @@ def test_guidance_negative_and_samplers_change_the_image(tiny_components):
         assert not np.array_equal(base, other)
 
 
-def test_long_and_weighted_prompts(tiny_components):
-    long = ", ".join(["red circle"] * 40)  # > 75 tokens: needs two chunks
-    images = generate_images(tiny_components, [long, "(red:1.3) circle"], seed=0, max_token_length=150,
-                             weighted=True, **FAST)
-    assert images.shape[0] == 2
-
-
 def test_size_from_config_and_bad_sizes(tiny_components):
     side = default_size(tiny_components)
     assert check_size(tiny_components, side, 2 * side) == (
@@ -86,5 +79,5 @@ def test_generate_command_writes_a_png(tiny_components, tmp_path):
     side = default_size(tiny_components)
     assert Image.open(out).size == (side, side)
     assert "toy model" in result.output  # tiny parts are a toy: the output says so
-    bad = CliRunner().invoke(app, ["generate", "x", "--model", str(folder), "--width", "7", "--out", str(out)])
+    bad = CliRunner().invoke(app, ["generate", "x", "--model", str(folder), "--width", "42", "--out", str(out)])
     assert isinstance(bad.exception, ProbeError) and "multiples of" in str(bad.exception)

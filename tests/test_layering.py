@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sdxl_probe"
-CORE_MODULES = {"__init__", "errors", "io", "config"}
+CORE_MODULES = {"__init__", "errors", "io", "config", "options", "outputs"}
 TOP_MODULES = {"cli", "demo", "reports", "__main__"}  # the composition level, with commands/
 
 BELOW: dict[str, set[str]] = {

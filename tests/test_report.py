@@ -103,15 +103,20 @@ def test_report_layer_imports_no_torch():
     assert out.strip() == "False"
 
 
-def test_missing_chromium_skips_locally_but_fails_in_ci(monkeypatch):
+def test_missing_chromium_fails_unless_skipping_is_asked_for(monkeypatch):
     import chromium
 
     monkeypatch.setattr(chromium, "find_chromium", lambda: None)
-    monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="chromium not found"):
-        chromium.require_chromium()
-    monkeypatch.setenv("CI", "")
+    monkeypatch.delenv("SDXL_PROBE_SKIP_BROWSER", raising=False)
+    for ci in ("true", ""):
+        monkeypatch.setenv("CI", ci)
+        with pytest.raises(pytest.fail.Exception, match="apt-get install chromium"):
+            chromium.require_chromium()
+    monkeypatch.setenv("SDXL_PROBE_SKIP_BROWSER", "1")
     with pytest.raises(pytest.skip.Exception):
+        chromium.require_chromium()
+    monkeypatch.setenv("CI", "true")  # CI never skips, whatever the variable says
+    with pytest.raises(pytest.fail.Exception):
         chromium.require_chromium()
 
 

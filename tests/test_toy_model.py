@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -81,18 +86,62 @@ def test_toy_generates_and_the_prompt_changes_the_image(toy, tmp_path):
     assert Image.open(out).size == (64, 64) and "toy model" in result.output
 
 
-@pytest.mark.slow
-def test_evaluate_writes_figures_and_report(toy, tmp_path):
-    from sdxl_probe.probes.toy_eval.core import ToyEvaluation, evaluate_model
-    from sdxl_probe.probes.toy_eval.report import write_outputs
+# Shipped figures (sdxl_probe/toy/weights/README.md, 212 prompts, 20 Euler steps, cfg 5): figure -> (group, rate).
+SHIPPED = {"single_colour": ("single", 0.989), "single_shape": ("single", 0.904),
+           "two_both_colours": ("two", 0.966)}
+SHIPPED_EMPTY = {"empty_colour": 0.184, "empty_shape": 0.289}  # chance 1/7 and 1/4; the shipped rate is higher
+ALPHA = 0.001  # one-sided: a seeded run this unlucky for an unchanged model has probability <= 0.1%
 
-    result, images, prompts = evaluate_model(toy, n_prompts=10, steps=4, n_attention=4, log=lambda _: None)
-    write_outputs(tmp_path, result, images, prompts)
-    loaded = ToyEvaluation.load(tmp_path)
-    assert loaded.is_toy and set(loaded.counts) == {"single", "heldout", "two", "empty"}
-    assert all(0.0 <= v <= 1.0 for v in loaded.figures.values())
-    assert 0.0 <= loaded.attention["iou"] <= 1.0
-    assert "toy model" in (tmp_path / "report.html").read_text()
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+
+
+def binomial_floor(n: int, p: float, alpha: float = ALPHA) -> int:
+    """Fewest successes in ``n`` draws at rate ``p`` not in the lower ``alpha`` tail: max k with P(X < k) <= alpha."""
+    return max(k for k in range(n + 1) if k == 0 or _binomial_cdf(k - 1, n, p) <= alpha)
+
+
+def binomial_ceiling(n: int, p: float, alpha: float = ALPHA) -> int:
+    """Most successes not in the upper ``alpha`` tail: min k with P(X > k) <= alpha."""
+    return min(k for k in range(n + 1) if 1 - _binomial_cdf(k, n, p) <= alpha)
+
+
+def test_binomial_bounds_against_the_normal_approximation():
+    """Oracle: the brief's normal bound p - 3.1 sqrt(p (1 - p) / n), which the exact tail matches for mid p."""
+    n, p = 400, 0.5
+    normal = p - 3.1 * math.sqrt(p * (1 - p) / n)
+    assert abs(binomial_floor(n, p) / n - normal) < 0.01
+    assert abs(binomial_ceiling(n, p) / n - (1 - normal)) < 0.01
+    assert binomial_floor(10, 1.0) == 10 and binomial_ceiling(10, 0.0) == 0
+
+
+@pytest.mark.slow
+def test_toy_model_quality_pinned_by_a_smaller_evaluate_run(toy):
+    """A 56-prompt ``toy evaluate`` run (20 Euler steps, cfg 5, seed 0) against the shipped figures.
+
+    Oracle: the shipped figures of the 212-prompt run; each group's count of correct images must
+    reach the lower 0.1% quantile of Binomial(n, shipped rate), and the empty prompt (which cannot
+    know its target) must stay under the upper 0.1% quantile at the shipped empty rate.
+    """
+    from sdxl_probe.probes.toy_eval.core import evaluate_model
+
+    result, _, _ = evaluate_model(toy, n_prompts=56, seed=0, steps=20, cfg=5.0, n_attention=0, log=lambda _: None)
+    f, counts = result.figures, result.counts
+    print("\ntoy model, 56-prompt evaluate run:", {k: round(v, 3) for k, v in f.items()}, counts)
+    assert counts == {"single": 24, "heldout": 6, "two": 16, "empty": 10}
+    for name, (group, rate) in SHIPPED.items():
+        n = counts[group]
+        hits = round(f[name] * n)
+        floor = binomial_floor(n, rate)
+        print(f"  {name}: {hits}/{n} = {f[name]:.3f}, floor {floor}/{n} (shipped {rate})")
+        assert hits >= floor, f"{name} {hits}/{n} below the binomial floor {floor}/{n} of the shipped {rate}"
+    for name, rate in SHIPPED_EMPTY.items():
+        n = counts["empty"]
+        hits = round(f[name] * n)
+        ceiling = binomial_ceiling(n, rate)
+        print(f"  {name}: {hits}/{n} = {f[name]:.3f}, ceiling {ceiling}/{n} (shipped {rate})")
+        assert hits <= ceiling, f"{name} {hits}/{n} above {ceiling}/{n}: the empty prompt knows its target"
 
 
 # ---------------------------------------------------------------- the recipe, on the tiny config
@@ -111,40 +160,77 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return {f"{f.parent.name}/{k}": v for f in sorted(model_dir.glob("*/*.safetensors")) for k, v in load_file(f).items()}
 
 
-def test_pretrain_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
-    import sdxl_probe.train.toy_recipe.pretrain as recipe
-    from sdxl_probe.train.state import StopFlag, TrainingStopped
+# A tiny recipe that trains long enough (joint steps at ~12 steps/s on one thread) to be stopped in the middle.
+TINY_RECIPE = """arch = "tiny"
+n_images = 32
+vae_steps = 3
+vae_batch_size = 4
+steps = 150
+batch_size = 4
+warmup_steps = 1
+checkpoint_every = 1000
+threads = 1
+"""
+STOPPED = re.compile(r"error: stopped at joint step (\d+); state saved in (\S+); rerun with --resume")
 
-    straight = _weights(recipe.pretrain(tmp_path / "a", _tiny_config(), seed=3, log=lambda _: None))
 
-    class StopAfterTwoSteps(StopFlag):  # the loop reads the flag twice per step
-        reads = 0
+def _pretrain(config: Path, out: Path, *extra: str, **popen) -> subprocess.Popen:
+    """``sdxl-probe toy pretrain`` in its own process, output unbuffered."""
+    cmd = [sys.executable, "-m", "sdxl_probe.cli", "toy", "pretrain", "--config", str(config), "--out", str(out),
+           "--seed", "3", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(cmd, env=env, text=True, **popen)
 
-        @property
-        def requested(self):
-            self.reads += 1
-            return self.reads > 4
 
-        @requested.setter
-        def requested(self, value):
-            pass
+@pytest.mark.slow
+def test_ctrl_c_saves_and_resume_equals_uninterrupted(tmp_path):
+    """A real SIGINT mid-training: clean exit, state saved, and the resumed run is bit-identical.
 
-    @contextmanager
-    def interrupt():
-        yield StopAfterTwoSteps()
-
-    with monkeypatch.context() as m:
-        m.setattr(recipe, "graceful_stop", interrupt)
-        with pytest.raises(TrainingStopped, match="--resume"):
-            recipe.pretrain(tmp_path / "b", _tiny_config(), seed=3, log=lambda _: None)
+    Oracle: an uninterrupted run of the same config and seed (run alongside, in its own process).
+    """
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_RECIPE)
+    straight = _pretrain(config, tmp_path / "a", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(tmp_path / "b.err", "w") as err:
+        run = _pretrain(config, tmp_path / "b", stdout=subprocess.PIPE, stderr=err)
+        seen = []
+        for line in run.stdout:
+            seen.append(line)
+            if line.startswith("joint step 25/"):
+                os.kill(run.pid, signal.SIGINT)
+                break
+        rest, _ = run.communicate(timeout=120)
+    stderr = (tmp_path / "b.err").read_text()
+    assert seen and seen[-1].startswith("joint step 25/"), "".join(seen) + stderr
+    assert run.returncode == 2, stderr  # the CLI's exit code for a ProbeError (TrainingStopped)
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    match = STOPPED.fullmatch(last)
+    assert match and sum("stopped" in line for line in stderr.splitlines()) == 1, stderr
+    stopped_at = int(match.group(1))
+    assert 25 <= stopped_at < 150 and "done:" not in rest
     state = json.loads((tmp_path / "b" / "state" / "joint_state.json").read_text())
-    assert state["info"]["step"] == 3
+    assert state["info"] == {"step": stopped_at, "seed": 3}
+    assert Path(match.group(2)) == tmp_path / "b" / "state" / "joint_state.safetensors"
+
+    resumed = _pretrain(config, tmp_path / "b", "--resume", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err_text = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err_text
+    assert f"joint: resumed at step {stopped_at}/150" in out
+    assert straight.wait(timeout=180) == 0
+    a, b = _weights(tmp_path / "a" / "model"), _weights(tmp_path / "b" / "model")
+    assert set(a) == set(b) and a
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
+
+
+def test_rerun_without_resume_refuses_to_overwrite_state(tmp_path):
+    from sdxl_probe.train.toy_recipe.pretrain import pretrain
+
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "joint_state.safetensors").write_bytes(b"")
     with pytest.raises(ProbeError, match="--resume"):
-        recipe.pretrain(tmp_path / "b", _tiny_config(), seed=3, log=lambda _: None)
-    resumed = _weights(recipe.pretrain(tmp_path / "b", _tiny_config(), seed=3, resume=True, log=lambda _: None))
-    assert set(resumed) == set(straight)
-    for key in straight:
-        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+        pretrain(tmp_path, _tiny_config(), seed=3, log=lambda _: None)
 
 
 def test_pretrain_writes_a_loadable_diffusers_folder(tmp_path):

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from sdxl_probe.commands.model_options import device_option, dtype_option
+
 attention_app = typer.Typer(
     help="Per-token and per-word cross-attention maps (DAAM-style).", no_args_is_help=True
 )
@@ -16,13 +18,39 @@ _LAYERS = (
 )
 
 
-def _load(model: str, device: str):
-    """Float32 on the CPU (fp16 kernels there are slow and lossy); the stored dtype elsewhere."""
-    import torch
+def _open(model: str, device: str, dtype: str):
+    """(configs, precision): device, dtype and the model's configs, checked before any weight loads."""
+    from sdxl_probe.pipeline.device import open_model
 
-    from sdxl_probe.models.load import load_components
+    return open_model(model, device, dtype)
 
-    return load_components(model, device=device, dtype=torch.float32 if device == "cpu" else None)
+
+def _load(model: str, precision):
+    """The components on the policy's device and dtypes (``sdxl_probe.pipeline.device``)."""
+    from sdxl_probe.pipeline.device import load_model
+
+    components = load_model(model, precision, identity=True)
+    typer.echo(f"model on {precision.describe()}")
+    return components
+
+
+def _gate(out: Path, **values) -> None:
+    """Check the options' declared ranges and the result folder, before any model loads."""
+    from sdxl_probe.commands.bounds import AttentionOptions
+    from sdxl_probe.options import gate
+    from sdxl_probe.outputs import preflight_folder
+
+    gate(AttentionOptions, **values)
+    preflight_folder(out, owns=("attention.json",))
+
+
+def _write(attention, result, out: Path) -> None:
+    """Save result, overlays and page into a temp folder swapped in whole as ``out``."""
+    from sdxl_probe.outputs import output_folder
+
+    with output_folder(out, owns=("attention.json",)) as tmp:
+        line = attention.write_outputs(result, tmp)
+    typer.echo(line.replace(str(tmp), str(out)))
 
 
 def _capture_options(window, n_steps, layers, heads, resolutions, include_mid):
@@ -38,7 +66,6 @@ _LAYERS_OPT = typer.Option(None, "--layers", help=_LAYERS)
 _HEADS = typer.Option(None, "--heads", help="Comma-separated head indices (default: mean of all).")
 _RESOLUTIONS = typer.Option(None, "--resolutions", help="Map downsampling factors, e.g. 2,4.")
 _INCLUDE_MID = typer.Option(False, "--include-mid", help="Also record the mid block.")
-_DEVICE = typer.Option("cpu", "--device", help="Torch device.")
 
 
 @attention_app.command("generate")
@@ -61,16 +88,25 @@ def generate(
     heads: str | None = _HEADS,
     resolutions: str | None = _RESOLUTIONS,
     include_mid: bool = _INCLUDE_MID,
-    device: str = _DEVICE,
+    device: str = device_option(),
+    dtype: str = dtype_option(),
 ) -> None:
     """Generate images and write a heat map for every token and every word."""
+    from sdxl_probe.commands.attention_options import parse_ints
+    from sdxl_probe.pipeline.checks import check_image_size, check_steps
     from sdxl_probe.probes.attention import core as attention
 
+    _gate(out, seed=seed, steps=steps, guidance=guidance, height=height, width=width, max_token_length=max_token_length,
+          heads=parse_ints(heads, "--heads"), resolutions=parse_ints(resolutions, "--resolutions"))  # fmt: skip
+    configs, precision = _open(model, device, dtype)
+    check_steps(steps, configs["scheduler"])
+    height, width = check_image_size(configs["unet"], configs["vae"], height, width)
     options = _capture_options(window, steps, layers, heads, resolutions, include_mid)
-    components = _load(model, device)
+    components = _load(model, precision)
     result = attention.generate(components, prompt, height=height, width=width, steps=steps, guidance=guidance,
-                                seed=seed, max_token_length=max_token_length, options=options)  # fmt: skip
-    typer.echo(attention.write_outputs(result, out))
+                                seed=seed, max_token_length=max_token_length, options=options,
+                                release=True)  # fmt: skip
+    _write(attention, result, out)
 
 
 @attention_app.command("inspect")
@@ -100,19 +136,29 @@ def inspect(
     heads: str | None = _HEADS,
     resolutions: str | None = _RESOLUTIONS,
     include_mid: bool = _INCLUDE_MID,
-    device: str = _DEVICE,
+    device: str = device_option(),
+    dtype: str = dtype_option(),
 ) -> None:
     """Noise training images at chosen timesteps and map where each tag of their caption binds."""
+    from sdxl_probe.commands.attention_options import load_images_and_captions, parse_ints
+    from sdxl_probe.errors import ProbeError
+    from sdxl_probe.pipeline.checks import check_image_size, check_timesteps
     from sdxl_probe.probes.attention import core as attention
 
+    _gate(out, seed=seed, max_token_length=max_token_length, caption_ext=caption_ext,
+          timesteps=parse_ints(timesteps, "--timesteps") or (300, 500), heads=parse_ints(heads, "--heads"),
+          resolutions=parse_ints(resolutions, "--resolutions"))  # fmt: skip
     options = _capture_options(None, 1, layers, heads, resolutions, include_mid)
-    from sdxl_probe.commands.attention_options import load_images_and_captions, parse_ints
-
+    configs, precision = _open(model, device, dtype)
+    chosen = check_timesteps(parse_ints(timesteps, "--timesteps") or (300, 500), configs["scheduler"])
+    if lora is not None and not lora.is_file():
+        raise ProbeError(f"--lora {lora}: file not found; pass the .safetensors written by the trainer")
     images, captions = load_images_and_captions(image, caption, caption_ext)
-    components = _load(model, device)
-    result = attention.inspect(components, images, captions, timesteps=parse_ints(timesteps, "--timesteps") or (300, 500),
-                               seed=seed, max_token_length=max_token_length, options=options, lora=lora)  # fmt: skip
-    typer.echo(attention.write_outputs(result, out))
+    check_image_size(configs["unet"], configs["vae"], int(images.shape[1]), int(images.shape[2]))
+    components = _load(model, precision)
+    result = attention.inspect(components, images, captions, timesteps=chosen, seed=seed,
+                               max_token_length=max_token_length, options=options, lora=lora)  # fmt: skip
+    _write(attention, result, out)
 
 
 @attention_app.command("report")

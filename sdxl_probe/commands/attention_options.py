@@ -84,7 +84,13 @@ def load_images_and_captions(
 
 
 def _read_caption(image: Path, ext: str) -> str:
-    path = image.with_suffix(ext)
+    try:
+        path = image.with_suffix(ext)
+    except ValueError:
+        raise ProbeError(f"--caption-ext {ext!r}: not a file extension; use one such as .txt or .caption") from None
     if not path.is_file():
         raise DatasetError(f"{path}: caption file not found for {image.name}; add it or pass --caption TEXT")
-    return path.read_text(encoding="utf-8").splitlines()[0].strip() if path.stat().st_size else ""
+    from sdxl_probe.data.records import read_caption_text
+
+    lines = read_caption_text(path).splitlines()  # bad UTF-8 bytes become U+FFFD, as the audit reads them
+    return lines[0].strip() if lines else ""

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import typer
 
+from sdxl_probe.commands.model_options import device_option, dtype_option
+
+TEXT_PARTS = ("text_encoder", "text_encoder_2")
+
 
 def embed(
     pair: list[str] = typer.Option([], "--pair", help='A caption pair "tags|||sentence" (repeatable).'),
@@ -39,7 +43,8 @@ def embed(
     shuffles: int | None = typer.Option(
         None, "--shuffles", help="K tag shuffles per caption (overrides config)."
     ),
-    device: str = typer.Option("cpu", "--device", help="Torch device for the text encoders."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir", help="Encoding cache folder (default ~/.cache/sdxl-probe)."
     ),
@@ -48,13 +53,19 @@ def embed(
     ),
 ) -> None:
     """Measure how far tag and sentence captions land apart in TE1, TE2, the pooled vector and the context."""
+    from sdxl_probe.commands.bounds import EmbedOptions
     from sdxl_probe.commands.embed_options import gather_pairs, resolve_settings
-    from sdxl_probe.models.load import load_components
+    from sdxl_probe.options import gate
+    from sdxl_probe.outputs import output_folder, preflight_folder
+    from sdxl_probe.pipeline.device import load_model, open_model
     from sdxl_probe.pipeline.encoding_cache import EncodingCache, default_cache_dir
-    from sdxl_probe.probes.embed.core import run_embed
+    from sdxl_probe.probes.embed.core import RESULT_JSON, run_embed
     from sdxl_probe.probes.embed.report import render_report
 
+    gate(EmbedOptions, seed=seed, shuffles=shuffles, toy_pairs=toy_pairs, ext_a=ext_a, ext_b=ext_b)
     settings = resolve_settings(config, seed=seed, shuffles=shuffles)
+    preflight_folder(out, owns=(RESULT_JSON,))
+    _, precision = open_model(model, device, dtype)
     pairs, label = gather_pairs(
         pair,
         csv,
@@ -67,11 +78,15 @@ def embed(
         seed=settings.seed,
         log=typer.echo,
     )
-    components = load_components(model, device=device)
-    cache = None if no_cache else EncodingCache(cache_dir or default_cache_dir(), components.model_hash())
+    components = load_model(model, precision, parts=TEXT_PARTS, identity=True)  # the text encoders alone
+    typer.echo(f"text encoders on {precision.describe()}")
+    cache = None
+    if not no_cache:
+        cache = EncodingCache(cache_dir or default_cache_dir(), components.model_hash(), precision.dtype)
     result = run_embed(components, pairs, settings, cache=cache, dataset=label, log=typer.echo)
-    result.save(out)
-    page = render_report(out)
+    with output_folder(out, owns=(RESULT_JSON,)) as tmp:  # data and page swapped in together
+        result.save(tmp)
+        page = out / render_report(tmp).name
     for line in result.summary:
         typer.echo(f"- {line}")
     typer.echo(f"wrote {out / 'embed.json'}, {out / 'embed.csv'}, {page}")

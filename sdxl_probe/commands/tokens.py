@@ -24,14 +24,15 @@ def tokens(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Show the tokens of CAPTION per text encoder: chunks, what is cut, where the pooled vector stops."""
-    from sdxl_probe.errors import ProbeError
+    from sdxl_probe.commands.bounds import TokensOptions
+    from sdxl_probe.options import gate
     from sdxl_probe.probes.tokens.core import probe_tokens, render_terminal
     from sdxl_probe.text.captions import CaptionOptions
 
+    gate(TokensOptions, max_token_length=max_token_length, keep_tokens=keep_tokens, seed=seed,
+         caption_separator=caption_separator, caption_tag_dropout_rate=caption_tag_dropout_rate)  # fmt: skip
     if max_token_length == 75:
         max_token_length = None
-    if max_token_length not in (None, 150, 225):
-        raise ProbeError(f"--max-token-length {max_token_length} is not supported; use 75, 150 or 225")
     options = CaptionOptions(
         keep_tokens=keep_tokens, shuffle_caption=shuffle, caption_separator=caption_separator,
         keep_tokens_separator=keep_tokens_separator or None, caption_tag_dropout_rate=caption_tag_dropout_rate,

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from sdxl_probe.commands.model_options import device_option, dtype_option
+
 toy_app = typer.Typer(help="The toy world and the toy model (a small learned SDXL-architecture model).",
                       no_args_is_help=True)
 
@@ -31,8 +33,11 @@ def dataset(
     size: int = typer.Option(64, "--size", help="Image side in pixels."),
 ) -> None:
     """Write a kohya-style folder of toy-world images, captions, masks and metadata.jsonl."""
+    from sdxl_probe.commands.bounds import ToyDatasetOptions
+    from sdxl_probe.options import gate
     from sdxl_probe.toy.dataset import write_dataset
 
+    gate(ToyDatasetOptions, n=n, seed=seed, repeats=repeats, size=size)
     ds = write_dataset(out, n=n, seed=seed, style=style, split=split, concept=concept, trigger=trigger,
                        repeats=repeats, details=details, size=size)
     typer.echo(f"wrote {ds.n} images to {Path(ds.root) / ds.image_dir} (captions: {ds.style}), "
@@ -55,7 +60,11 @@ def pretrain(
     config: Path = typer.Option(None, "--config", help="TOML overriding PretrainConfig fields (e.g. steps)."),
 ) -> None:
     """Train the toy model from scratch: VAE, then TE1 + TE2 + UNet (Ctrl-C saves; --resume continues)."""
+    from sdxl_probe.commands.bounds import ToyPretrainOptions
     from sdxl_probe.config import from_dict, read_toml
+    from sdxl_probe.options import gate
+
+    gate(ToyPretrainOptions, seed=seed)
     from sdxl_probe.train.toy_recipe.pretrain import PretrainConfig
     from sdxl_probe.train.toy_recipe.pretrain import pretrain as run
 
@@ -71,20 +80,31 @@ def evaluate(
     n_prompts: int = typer.Option(212, "--n-prompts", help="Size of the fixed prompt set (>= 200 for the bars)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the prompt set, the noise and the attention images."),
     steps: int = typer.Option(20, "--steps", help="Euler steps per image."),
-    cfg: float = typer.Option(5.0, "--cfg", help="Guidance scale."),
+    cfg: float = typer.Option(5.0, "--guidance", "--cfg", help="Classifier-free guidance scale (--cfg: old name)."),
     n_attention: int = typer.Option(64, "--n-attention", help="Training images for the attention IoU check."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
 ) -> None:
     """Score a model on the toy world with the judge and print every acceptance figure."""
-    import torch
+    from sdxl_probe.commands.bounds import ToyEvaluateOptions
+    from sdxl_probe.options import gate
+    from sdxl_probe.outputs import output_folder, preflight_folder
 
-    from sdxl_probe.models.load import load_components
+    gate(ToyEvaluateOptions, n_prompts=n_prompts, seed=seed, steps=steps, guidance=cfg, n_attention=n_attention)
+    preflight_folder(out, owns=("evaluate.json",))
+    from sdxl_probe.pipeline.checks import check_steps
+    from sdxl_probe.pipeline.device import load_model, open_model
     from sdxl_probe.probes.toy_eval.core import evaluate_model
     from sdxl_probe.probes.toy_eval.report import write_outputs
 
-    components = load_components(model, dtype=torch.float32)
+    configs, precision = open_model(model, device, dtype)
+    check_steps(steps, configs["scheduler"])
+    components = load_model(model, precision)
+    typer.echo(f"model on {precision.describe()}")
     result, images, prompts = evaluate_model(components, n_prompts=n_prompts, seed=seed, steps=steps, cfg=cfg,
                                              n_attention=n_attention, log=typer.echo)
-    write_outputs(out, result, images, prompts)
+    with output_folder(out, owns=("evaluate.json",)) as tmp:  # result, grids and page swapped in together
+        write_outputs(tmp, result, images, prompts)
     typer.echo(f"toy model evaluation of {result.model}" if result.is_toy else f"evaluation of {result.model}")
     for name, value, verdict in result.acceptance():
         typer.echo(f"  {name:24s} {value:6.3f}  {verdict}")

@@ -13,12 +13,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from sdxl_probe.errors import DatasetError, ProbeError
+from sdxl_probe.io import read_bounded
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".avif", ".jxl")
 CAPTION_EXTENSIONS = (".caption", ".txt")  # tried in this order when none is given
 CAPTION_COLUMNS = ("caption", "text", "prompt", "tags")
 IMAGE_COLUMNS = ("file_name", "image", "image_path", "path", "file", "filename")
 FOLDER_RE = re.compile(r"^(\d+)_(.*)$")
 MAX_EXAMPLES = 20
+RECORD_ERRORS = ("bad_file", "bad_row", "non_utf8", "unreadable")  # skipped records; fatal under audit --strict
+MAX_CAPTION_BYTES = 4 * 2**20  # one caption file; sd-scripts captions are a few hundred bytes
+MAX_LIST_BYTES = 2 * 2**30  # a caption table or list (metadata.jsonl, CSV): millions of rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,18 +99,33 @@ class IssueLog:
         }
 
 
+def read_caption_text(path: Path, what: str = "caption file") -> str:
+    """A regular text file of at most :data:`MAX_LIST_BYTES`, as UTF-8 (bad bytes become U+FFFD).
+
+    Raises:
+        DatasetError: missing, unreadable, not a regular file, or too large.
+    """
+    try:
+        data = read_bounded(path, MAX_LIST_BYTES, what=what)
+    except ProbeError as e:
+        raise DatasetError(str(e)) from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read the {what} ({e.strerror or e}); check the path") from None
+    return data.decode("utf-8", errors="replace").removeprefix("\ufeff")
+
+
 def read_caption_file(path: Path, *, wildcard: bool, issues: IssueLog) -> tuple[str | None, bool]:
     """Read a caption file as sd-scripts does: first non-stripped line, or all lines with wildcards.
 
     Returns:
-        ``(caption, non_utf8)``; caption is None when the file cannot be read.
+        ``(caption, non_utf8)``; caption is None when the file cannot be read (a device or FIFO,
+        larger than :data:`MAX_CAPTION_BYTES`, or unreadable): it is counted under ``unreadable``.
     """
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        issues.add(
-            "unreadable", path, f"{path}: cannot read caption file ({e.strerror or e}); caption skipped"
-        )
+        data = read_bounded(path, MAX_CAPTION_BYTES, what="caption file")
+    except (OSError, ProbeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        issues.add("unreadable", path, f"{path}: cannot read caption file ({why}); caption skipped")
         return None, False
     try:
         text, bad = data.decode("utf-8"), False

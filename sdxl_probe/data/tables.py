@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,12 +13,13 @@ from sdxl_probe.data.records import (
     CAPTION_COLUMNS,
     IMAGE_COLUMNS,
     IMAGE_EXTENSIONS,
+    MAX_LIST_BYTES,
     CaptionRecord,
     IssueLog,
     Subset,
     is_image,
 )
-from sdxl_probe.errors import DatasetError
+from sdxl_probe.errors import DatasetError, ProbeError
 
 
 def list_records(subset: Subset, issues: IssueLog) -> Iterator[CaptionRecord]:
@@ -27,6 +29,7 @@ def list_records(subset: Subset, issues: IssueLog) -> Iterator[CaptionRecord]:
     base = subset.image_dir or path.parent
     seen: set[str] = set()
     try:
+        check_table_file(path)
         for row_no, (caption, tags, image) in _rows(path, subset.kind, issues):
             image_path = None
             if image is not None:
@@ -43,10 +46,20 @@ def list_records(subset: Subset, issues: IssueLog) -> Iterator[CaptionRecord]:
     except OSError as e:
         issues.add("unreadable", path, f"{path}: cannot read ({e.strerror or e}); subset skipped")
         return
-    except DatasetError as e:
+    except (DatasetError, ProbeError) as e:
         issues.add("bad_file", path, f"{e}; subset skipped")
         return
     _images_not_listed(base, seen, subset, issues)
+
+
+def check_table_file(path: Path) -> None:
+    """Refuse (as a ProbeError) a caption table that is not a regular file or is over :data:`MAX_LIST_BYTES`."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ProbeError(f"{path}: not a regular file (a folder, device or FIFO); give a caption table file")
+    if st.st_size > MAX_LIST_BYTES:
+        raise ProbeError(f"{path}: {st.st_size / 2**30:.1f} GiB is over the {MAX_LIST_BYTES / 2**30:.0f} GiB "
+                         "allowed for a caption table; split it into several files")  # fmt: skip
 
 
 def _rows(
@@ -58,7 +71,7 @@ def _rows(
     elif kind == "jsonl":
         yield from _jsonl_rows(path, issues)
     else:
-        yield from _metadata_json_rows(path)
+        yield from _metadata_json_rows(path, issues)
 
 
 def _decoded_lines(path: Path, issues: IssueLog) -> Iterator[str]:
@@ -87,8 +100,17 @@ def _csv_rows(
             f"{path}: no caption column; expected one of {', '.join(CAPTION_COLUMNS)}, found {', '.join(header)}"
         )
     img_col = next((c for c in IMAGE_COLUMNS if c in header), None)
-    for i, row in enumerate(reader, start=2):
-        yield i, ((row.get(cap_col) or "").strip(), None, row.get(img_col) if img_col else None)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # e.g. a field over csv.field_size_limit(): skip that row, keep the rest
+            where = f"{path}:{reader.line_num}"
+            issues.add("bad_row", where, f"{where}: not valid CSV ({e}); row skipped")
+            continue
+        image = row.get(img_col) if img_col else None
+        yield reader.line_num, ((row.get(cap_col) or "").strip(), None, image if isinstance(image, str) else None)
 
 
 def _jsonl_rows(
@@ -102,6 +124,9 @@ def _jsonl_rows(
         except json.JSONDecodeError as e:
             issues.add("bad_row", f"{path}:{i}", f"{path}:{i}: invalid JSON ({e.msg}); line skipped")
             continue
+        except RecursionError:
+            issues.add("bad_row", f"{path}:{i}", f"{path}:{i}: JSON nested too deeply to read; line skipped")
+            continue
         if not isinstance(row, dict):
             message = f"{path}:{i}: expected a JSON object, got {type(row).__name__}; line skipped"
             issues.add("bad_row", f"{path}:{i}", message)
@@ -111,16 +136,28 @@ def _jsonl_rows(
         yield i, (caption.strip(), None, image)
 
 
-def _metadata_json_rows(path: Path) -> Iterator[tuple[int, tuple[str | None, str | None, str | None]]]:
+def _metadata_json_rows(
+    path: Path, issues: IssueLog
+) -> Iterator[tuple[int, tuple[str | None, str | None, str | None]]]:
     """sd-scripts fine-tuning metadata: ``{image_key: {"caption": ..., "tags": ...}}``."""
     try:
         data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply to read") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object mapping image keys to {{caption, tags}}")
     for i, (key, md) in enumerate(data.items(), start=1):
-        caption, tags = (md or {}).get("caption"), (md or {}).get("tags")
+        md = md if md is not None else {}
+        bad = [k for k in ("caption", "tags") if isinstance(md, dict) and md.get(k) is not None
+               and not isinstance(md[k], str)]  # fmt: skip
+        if not isinstance(md, dict) or bad:
+            what = f"{type(md).__name__}" if not isinstance(md, dict) else f"non-text {', '.join(bad)}"
+            issues.add("bad_row", f"{path}:{key}", f"{path}: entry {key!r}: expected {{caption, tags}} text, "
+                                                  f"got {what}; entry skipped")  # fmt: skip
+            continue
+        caption, tags = md.get("caption"), md.get("tags")
         # sd-scripts FineTuningDataset: caption = caption + ", " + tags when both are present.
         if caption is None:
             caption = tags

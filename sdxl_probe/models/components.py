@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -15,8 +15,6 @@ if TYPE_CHECKING:
 # Model names in the order they are listed, saved and hashed.
 MODEL_NAMES = ("text_encoder", "text_encoder_2", "unet", "vae")
 TOY_KINDS = ("toy", "tiny")
-# Tensors up to this many elements are hashed whole; larger ones by a strided sample of this many.
-_HASH_SAMPLE = 65536
 
 
 @dataclass
@@ -28,22 +26,28 @@ class SDXLComponents:
         tokenizer_2: CLIP tokenizer 2, pads with ``!`` (id 0).
         text_encoder: TE1, ``CLIPTextModel`` (768 wide on real SDXL).
         text_encoder_2: TE2, ``CLIPTextModelWithProjection`` (1280 wide, projection 1280 on real SDXL).
-        unet: ``UNet2DConditionModel`` with ``addition_embed_type="text_time"``.
-        vae: ``AutoencoderKL``.
+        unet: ``UNet2DConditionModel`` with ``addition_embed_type="text_time"``; None when not loaded
+            (``load_components(parts=...)``, e.g. ``embed`` loads the text encoders alone).
+        vae: ``AutoencoderKL``; None when not loaded.
         scheduler: the model's training noise scheduler (from its scheduler config).
         source: the path or preset name the parts came from.
         kind: ``"sdxl"`` (a real-size SDXL model), ``"toy"`` (the toy preset) or ``"tiny"`` (test parts).
+        allow_pickle: the parts came from a pickle the user allowed (the hash may read it again).
+        precision: the device and dtypes the parts were loaded with; kept when networks are released.
     """
 
     tokenizer: CLIPTokenizer
     tokenizer_2: CLIPTokenizer
     text_encoder: CLIPTextModel
     text_encoder_2: CLIPTextModelWithProjection
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
+    unet: UNet2DConditionModel | None
+    vae: AutoencoderKL | None
     scheduler: SchedulerMixin
     source: str
     kind: str
+    allow_pickle: bool = False
+    precision: dict[str, str] | None = None  # {device, dtype, vae_dtype} as loaded (pipeline.device.load_model)
+    _hash: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def is_toy(self) -> bool:
@@ -56,9 +60,10 @@ class SDXLComponents:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def models(self) -> Iterator[tuple[str, torch.nn.Module]]:
-        """(name, module) for the four networks, in :data:`MODEL_NAMES` order."""
+        """(name, module) for the loaded networks, in :data:`MODEL_NAMES` order."""
         for name in MODEL_NAMES:
-            yield name, getattr(self, name)
+            if getattr(self, name) is not None:
+                yield name, getattr(self, name)
 
     def to(self, device: Any = None, dtype: Any = None) -> SDXLComponents:
         """Move and/or cast the four networks in place; returns ``self`` for chaining."""
@@ -66,26 +71,24 @@ class SDXLComponents:
             model.to(device=device, dtype=dtype)
         return self
 
+    def remember_hash(self, value: str) -> None:
+        """Keep ``model_hash()``'s value, computed from the same source before the weights loaded."""
+        self._hash = value
+
     def model_hash(self) -> str:
-        """A stable 16-hex-digit hash of the weights, for caches keyed on the model.
+        """A 16-hex-digit identity of the stored weights, for caches keyed on the model.
 
-        Hashes every state-dict entry's name, dtype and shape, and its values: whole for
-        tensors up to 65,536 elements, else a strided sample of 65,536 elements (a fine-tune
-        moves essentially every weight, so a sample is enough and keeps SDXL under a second).
+        Read from the source's stored tensors when the parts came from a file, folder or preset
+        (so networks that were not loaded count too), else from the modules in memory; the same
+        for a single file and the folder saved from it, whatever the load dtype
+        (:mod:`sdxl_probe.models.identity`).
         """
-        digest = hashlib.sha256()
-        for name, model in self.models():
-            for key, tensor in model.state_dict().items():
-                digest.update(f"{name}.{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-                digest.update(_sample_bytes(tensor))
-        return digest.hexdigest()[:16]
+        from sdxl_probe.models.identity import modules_hash, source_hash
+        from sdxl_probe.models.load import PRESETS
 
-
-def _sample_bytes(tensor: torch.Tensor) -> bytes:
-    import torch
-
-    flat = tensor.detach().reshape(-1)
-    if flat.numel() > _HASH_SAMPLE:
-        flat = flat[:: flat.numel() // _HASH_SAMPLE][:_HASH_SAMPLE]
-    flat = flat.contiguous().cpu()
-    return flat.view(torch.uint8).numpy().tobytes()
+        if self._hash is not None:
+            return self._hash
+        if self.source in PRESETS or Path(self.source).expanduser().exists():
+            self._hash = source_hash(self.source, allow_pickle=self.allow_pickle)  # stored: read once
+            return self._hash
+        return modules_hash(self.models())  # in memory: may change, so never kept

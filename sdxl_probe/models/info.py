@@ -70,9 +70,14 @@ def _single_file_components(entries: Mapping[str, tuple[str, int]]) -> list[Comp
     return [ComponentInfo(n, CLASSES[n], params[n], sorted(dtypes[n])) for n in MODEL_NAMES]
 
 
-def _architecture(shapes: Mapping[str, tuple[int, ...]]) -> str:
-    te1 = shapes[SAI_PREFIXES["text_encoder"] + "text_model.embeddings.position_embedding.weight"][-1]
-    te2 = shapes[SAI_PREFIXES["text_encoder_2"] + "positional_embedding"][-1]
+def _architecture(shapes: Mapping[str, tuple[int, ...]], path: Path | str = "") -> str:
+    keys = (SAI_PREFIXES["text_encoder"] + "text_model.embeddings.position_embedding.weight",
+            SAI_PREFIXES["text_encoder_2"] + "positional_embedding")  # fmt: skip
+    missing = [k for k in keys if len(shapes.get(k, ())) < 1]
+    if missing:
+        raise ModelLoadError(f"{path}: has SDXL key names but no tensor {missing[0]}; the file is incomplete "
+                             "or not an SDXL base checkpoint: download or convert it again")  # fmt: skip
+    te1, te2 = shapes[keys[0]][-1], shapes[keys[1]][-1]
     return f"SDXL base architecture (UNet context {te1 + te2} = TE1 {te1} + TE2 {te2})"
 
 
@@ -84,7 +89,7 @@ def single_file_info(path: Path) -> ModelInfo:
     entries = {k: (_dtype_name(t.dtype), t.numel) for k, t in header.tensors.items()}
     kind = header.metadata.get("sdxl_probe.kind", "sdxl")
     return ModelInfo(
-        str(path), "single file (SAI/ldm)", _architecture(shapes), kind, _single_file_components(entries)
+        str(path), "single file (SAI/ldm)", _architecture(shapes, path), kind, _single_file_components(entries)
     )
 
 
@@ -98,7 +103,7 @@ def pickle_info(path: Path, allow_pickle: bool) -> ModelInfo:
     entries = {k: (str(v.dtype).removeprefix("torch."), v.numel()) for k, v in state.items()}
     kind = metadata.get("sdxl_probe.kind", "sdxl")
     return ModelInfo(
-        str(path), "pickled single file", _architecture(shapes), kind, _single_file_components(entries)
+        str(path), "pickled single file", _architecture(shapes, path), kind, _single_file_components(entries)
     )
 
 

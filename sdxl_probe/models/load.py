@@ -7,14 +7,15 @@ open_clip BPE files.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sdxl_probe.errors import ModelLoadError
-from sdxl_probe.models.components import SDXLComponents
+from sdxl_probe.models.components import MODEL_NAMES, SDXLComponents
 from sdxl_probe.models.detect import check_sdxl_base
-from sdxl_probe.models.folder import load_folder
+from sdxl_probe.models.folder import check_folder, load_folder
 from sdxl_probe.models.safetensors_file import SafetensorsHeader, read_header, read_tensors
-from sdxl_probe.models.single_file import configs_from_metadata, load_from_source
+from sdxl_probe.models.single_file import CONFIG_NAMES, configs_from_metadata, load_from_source
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 TOY_WEIGHTS = Path(__file__).resolve().parents[1] / "toy" / "weights"
@@ -52,9 +53,15 @@ class _DictSource:
 
 
 def load_components(
-    source: str | Path, *, dtype=None, device="cpu", allow_pickle: bool = False
+    source: str | Path,
+    *,
+    dtype=None,
+    device="cpu",
+    allow_pickle: bool = False,
+    parts: tuple[str, ...] = MODEL_NAMES,
+    vae_dtype=None,
 ) -> SDXLComponents:
-    """Load SDXL components offline.
+    """Load SDXL components offline, each network read straight into ``dtype`` (no fp32 detour).
 
     Args:
         source: a SAI/ldm single-file ``.safetensors``, a diffusers folder (``model_index.json``),
@@ -62,23 +69,30 @@ def load_components(
         dtype: torch dtype for floating-point weights; None keeps the stored dtype.
         device: where the modules end up.
         allow_pickle: accept ``.ckpt``/``.pt`` files, read with ``torch.load(weights_only=True)`` only.
+        parts: the networks to load (any of ``text_encoder``, ``text_encoder_2``, ``unet``, ``vae``);
+            the others are None. Tokenizers and the scheduler are always built (no weights).
+        vae_dtype: the VAE's dtype when it differs from ``dtype`` (None: ``dtype``).
 
     Raises:
         ModelLoadError: not found, not SDXL base, corrupt, a folder missing a component, or a pickle
             without ``allow_pickle``.
     """
+    unknown = sorted(set(parts) - set(MODEL_NAMES))
+    if unknown:
+        raise ValueError(f"parts {unknown} are not networks of SDXL; use some of {MODEL_NAMES}")
+    how = {"dtype": dtype, "device": device, "parts": tuple(parts), "vae_dtype": vae_dtype}
     if isinstance(source, str) and source in PRESETS:
-        return _load_preset(source, dtype=dtype, device=device)
+        return _load_preset(source, **how)
     path = Path(source).expanduser()
     if path.is_dir():
-        return load_folder(path, dtype=dtype, device=device, allow_pickle=allow_pickle)
+        return load_folder(path, allow_pickle=allow_pickle, **how)
     if not path.is_file():
         raise ModelLoadError(
             f"{source}: no such file or folder; expected an SDXL .safetensors file, a diffusers folder, "
             f"or a preset name ({', '.join(PRESETS)})"
         )
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        return _load_pickle(path, dtype=dtype, device=device, allow_pickle=allow_pickle)
+        return _load_pickle(path, allow_pickle=allow_pickle, **how)
     if path.suffix.lower() != ".safetensors":
         raise ModelLoadError(
             f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors (or .ckpt/.pt with --allow-pickle)"
@@ -86,9 +100,38 @@ def load_components(
     header = read_header(path)
     check_sdxl_base(header.shapes(), str(path))
     configs, kind = configs_from_metadata(header.metadata, str(path))
-    return load_from_source(
-        _HeaderSource(header), configs, kind=kind, name=str(path), dtype=dtype, device=device
-    )
+    return load_from_source(_HeaderSource(header), configs, kind=kind, name=str(path), **how)
+
+
+def read_configs(source: str | Path, *, allow_pickle: bool = False) -> dict[str, dict]:
+    """The component configs of a source (unet, vae, text encoders, scheduler), without loading weights.
+
+    From a single file's header metadata (or the shipped SDXL base configs), a folder's config
+    files, or a preset's folder; a pickle is read whole (its metadata sits inside the pickle).
+    Raises the same :class:`ModelLoadError` as :func:`load_components` for a bad source.
+    """
+    if isinstance(source, str) and source in PRESETS:
+        return _folder_configs(preset_folder(source))
+    path = Path(source).expanduser()
+    if path.is_dir():
+        check_folder(path, allow_pickle)
+        return _folder_configs(path)
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{source}: no such file or folder; expected an SDXL .safetensors file, a diffusers folder, "
+            f"or a preset name ({', '.join(PRESETS)})"
+        )
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return configs_from_metadata(read_pickle_state(path, allow_pickle)[1], str(path))[0]
+    header = read_header(path)
+    check_sdxl_base(header.shapes(), str(path))
+    return configs_from_metadata(header.metadata, str(path))[0]
+
+
+def _folder_configs(folder: Path) -> dict[str, dict]:
+    files = {name: folder / name / "config.json" for name in CONFIG_NAMES}
+    files["scheduler"] = folder / "scheduler" / "scheduler_config.json"
+    return {name: json.loads(f.read_text(encoding="utf-8")) for name, f in files.items()}
 
 
 def preset_folder(name: str) -> Path:
@@ -102,8 +145,8 @@ def preset_folder(name: str) -> Path:
     return folder
 
 
-def _load_preset(name: str, *, dtype, device) -> SDXLComponents:
-    components = load_folder(preset_folder(name), dtype=dtype, device=device, allow_pickle=False)
+def _load_preset(name: str, **how) -> SDXLComponents:
+    components = load_folder(preset_folder(name), allow_pickle=False, **how)
     components.source, components.kind = name, "toy"
     return components
 
@@ -121,16 +164,13 @@ def read_pickle_state(path: Path, allow_pickle: bool) -> tuple[dict, dict[str, s
             "Expected a .safetensors file; convert it, or pass --allow-pickle to read it with "
             "torch.load(weights_only=True)."
         )
-    import pickle
-
     import torch
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        raise ModelLoadError(
-            f"{path}: cannot be read with torch.load(weights_only=True): {str(e).splitlines()[0]}"
-        ) from None
+    except Exception as e:  # noqa: BLE001 - torch.load on damaged bytes raises anything (IndexError, KeyError, ...)
+        why = (str(e).splitlines() or [f"{type(e).__name__}: empty or truncated file"])[0]
+        raise ModelLoadError(f"{path}: cannot be read with torch.load(weights_only=True): {why}") from None
     metadata: dict[str, str] = {}
     while isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         metadata.update({k: v for k, v in obj.items() if k.startswith("sdxl_probe.") and isinstance(v, str)})
@@ -143,9 +183,11 @@ def read_pickle_state(path: Path, allow_pickle: bool) -> tuple[dict, dict[str, s
     return state, metadata
 
 
-def _load_pickle(path: Path, *, dtype, device, allow_pickle: bool) -> SDXLComponents:
+def _load_pickle(path: Path, *, allow_pickle: bool, **how) -> SDXLComponents:
     state, metadata = read_pickle_state(path, allow_pickle)
     source = _DictSource(state)
     check_sdxl_base(source.shapes(), str(path))
     configs, kind = configs_from_metadata(metadata, str(path))
-    return load_from_source(source, configs, kind=kind, name=str(path), dtype=dtype, device=device)
+    components = load_from_source(source, configs, kind=kind, name=str(path), **how)
+    components.allow_pickle = True
+    return components

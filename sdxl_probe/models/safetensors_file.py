@@ -90,14 +90,17 @@ def read_header(path: str | Path) -> SafetensorsHeader:
             shorter than the header says (a truncated file).
     """
     path = Path(path)
-    size = path.stat().st_size
-    if size < 8:
-        raise _corrupt(path, f"only {size} bytes")
-    with path.open("rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > _MAX_HEADER or 8 + n > size:
-            raise _corrupt(path, f"header length field says {n} bytes but the file has {size} bytes in all")
-        raw = f.read(n)
+    try:
+        size = path.stat().st_size
+        if size < 8:
+            raise _corrupt(path, f"only {size} bytes")
+        with path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > _MAX_HEADER or 8 + n > size:
+                raise _corrupt(path, f"header length field says {n} bytes but the file has {size} bytes in all")
+            raw = f.read(n)
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read the checkpoint ({e.strerror or e}); check the path and its permissions") from None
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -105,6 +108,8 @@ def read_header(path: str | Path) -> SafetensorsHeader:
     if not isinstance(header, dict):
         raise _corrupt(path, "header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _corrupt(path, "__metadata__ is not a JSON object of text values")
     tensors = {k: _tensor_info(path, k, v) for k, v in header.items()}
     _check_data_size(path, tensors, size - 8 - n)
     return SafetensorsHeader(path=path, data_start=8 + n, tensors=tensors, metadata=dict(metadata))
@@ -115,8 +120,10 @@ def _tensor_info(path: Path, key: str, entry: object) -> TensorInfo:
         dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]  # type: ignore[index]
     except (TypeError, KeyError, ValueError):
         raise _corrupt(path, f"header entry {key!r} lacks dtype/shape/data_offsets") from None
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise _corrupt(path, f"tensor {key!r} has unknown dtype {dtype!r}")
+    if not all(type(v) is int and v >= 0 for v in (*shape, begin, end)) or end < begin:
+        raise _corrupt(path, f"tensor {key!r}: shape {entry['shape']!r} or data_offsets {[begin, end]!r} are not counts")  # type: ignore[index]
     info = TensorInfo(dtype=dtype, shape=shape, begin=int(begin), end=int(end))
     if info.end - info.begin != info.numel * DTYPES[dtype][1]:
         raise _corrupt(

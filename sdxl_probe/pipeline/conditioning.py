@@ -173,7 +173,7 @@ def time_ids(
     return row.expand(batch, -1).clone()
 
 
-def predict_noise(unet, x: Tensor, t, context: Tensor, pooled: Tensor, tids: Tensor) -> Tensor:
+def predict_noise(unet, x: Tensor, t, *, context: Tensor, pooled: Tensor, tids: Tensor) -> Tensor:
     """One conditioned UNet call: x (B, C, h, w), context (B, L, D), pooled (B, P), tids (B, 6) -> (B, C, h, w).
 
     Inputs are cast to the UNet's dtype; the output keeps it.
@@ -206,8 +206,16 @@ def _encode_chunks(encoder, layouts: list[ChunkLayout]):
 
     ids = torch.tensor([lay.input_ids for lay in layouts], dtype=torch.long)  # (B, n, 77)
     b, n, width = ids.shape
-    out = encoder(ids.reshape(b * n, width).to(encoder.device), output_hidden_states=True, return_dict=True)
-    penultimate = out.hidden_states[encoder.config.num_hidden_layers - 1]  # (B * n, 77, d)
+    # hidden_states[-2] is the output of the second-to-last layer: keep that one alone rather than
+    # output_hidden_states=True, which holds every layer's (B * n, 77, d) states (33 on TE2) at once.
+    layers = (encoder.text_model if hasattr(encoder, "text_model") else encoder).encoder.layers
+    kept = []
+    hook = layers[-2].register_forward_hook(lambda _m, _a, o: kept.append(o[0] if isinstance(o, tuple) else o))
+    try:
+        out = encoder(ids.reshape(b * n, width).to(encoder.device), return_dict=True)
+    finally:
+        hook.remove()
+    penultimate = kept[0]  # (B * n, 77, d)
     return join_chunks(penultimate.reshape(b, n, width, -1)), out
 
 

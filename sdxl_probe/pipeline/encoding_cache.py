@@ -75,16 +75,23 @@ class Encoded:
 
 @dataclass
 class EncodingCache:
-    """Per-caption safetensors files under ``root/<model_hash>``; counts hits and misses."""
+    """Per-caption safetensors files under ``root/<model_hash>``; counts hits and misses.
+
+    ``model_hash`` is ``SDXLComponents.model_hash()``: the same for a single file and its
+    diffusers folder and for any load dtype; the compute dtype is part of every key.
+    """
 
     root: Path
     model_hash: str
+    compute_dtype: str = "fp32"  # encoder outputs differ by compute dtype: "fp32", "bf16", "fp16"
     hits: int = field(default=0, init=False)
     misses: int = field(default=0, init=False)
 
     def path(self, caption: str, settings: EncodeSettings) -> Path:
         """Where the encoding of ``caption`` under ``settings`` lives."""
-        blob = json.dumps({"v": FORMAT_VERSION, "caption": caption, **asdict(settings)}, sort_keys=True)
+        blob = json.dumps(
+            {"v": FORMAT_VERSION, "caption": caption, "dtype": self.compute_dtype, **asdict(settings)}, sort_keys=True
+        )
         key = hashlib.sha256(blob.encode("utf-8")).hexdigest()
         return Path(self.root) / self.model_hash / key[:2] / f"{key}.safetensors"
 

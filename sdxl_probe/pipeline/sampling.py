@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sdxl_probe.errors import ProbeError
+from sdxl_probe.pipeline.checks import check_image_size, native_size
 from sdxl_probe.pipeline.conditioning import encode_pair, predict_noise, time_ids
+from sdxl_probe.pipeline.device import trim_heap
 from sdxl_probe.pipeline.vae import decode_latents
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ SAMPLERS = ("euler", "ddim")
 
 def default_size(components: SDXLComponents) -> int:
     """The model's native pixel size: UNet ``sample_size`` x VAE scale factor (1024 on SDXL, 64 on the toy)."""
-    return int(components.unet.config.sample_size) * components.vae_scale_factor
+    return native_size(components.unet.config, components.vae.config)
 
 
 def make_scheduler(components: SDXLComponents, sampler: str):
@@ -46,13 +48,8 @@ def make_scheduler(components: SDXLComponents, sampler: str):
 
 
 def check_size(components: SDXLComponents, height: int, width: int) -> tuple[int, int]:
-    """Latent (h, w) of an image size; a ProbeError when the UNet cannot take it."""
-    multiple = components.vae_scale_factor * 2 ** (len(components.unet.config.block_out_channels) - 1)
-    if height <= 0 or width <= 0 or height % multiple or width % multiple:
-        raise ProbeError(
-            f"image size {height}x{width} does not fit this model; height and width must be positive "
-            f"multiples of {multiple} (VAE factor x UNet downsampling), e.g. {default_size(components)}"
-        )
+    """Latent (h, w) of an image size; a ProbeError when the UNet cannot take it (``checks.check_image_size``)."""
+    height, width = check_image_size(components.unet.config, components.vae.config, height, width)
     return height // components.vae_scale_factor, width // components.vae_scale_factor
 
 
@@ -64,8 +61,8 @@ def initial_noise(n: int, shape: tuple[int, int, int], seed: int) -> torch.Tenso
 
 
 def denoise(
-    unet, scheduler, latents: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor, tids: torch.Tensor,
-    *, steps: int, cfg: float,
+    unet, scheduler, latents: torch.Tensor, *, context: torch.Tensor, pooled: torch.Tensor, tids: torch.Tensor,
+    steps: int, cfg: float,
 ) -> torch.Tensor:  # fmt: skip
     """Run ``scheduler`` for ``steps`` from unit-variance ``latents (B, C, h, w)``; returns final latents.
 
@@ -84,7 +81,7 @@ def denoise(
     for t in scheduler.timesteps:
         x = torch.cat([latents, latents]) if guided else latents
         x = scheduler.scale_model_input(x, t)
-        eps = predict_noise(unet, x, t, context, pooled, tids).float()  # (B or 2B, C, h, w)
+        eps = predict_noise(unet, x, t, context=context, pooled=pooled, tids=tids).float()  # (B or 2B, C, h, w)
         if guided:
             eps_u, eps_c = eps.chunk(2)
             eps = eps_u + cfg * (eps_c - eps_u)
@@ -100,9 +97,14 @@ def sample_latents(
     """Denoise ``noise (B, C, h, w)`` for ``prompts`` into final latents (no decoding)."""
     context, pooled = encode_pair(components, prompts, negative, max_token_length=max_token_length,
                                   weighted=weighted, zero_negative=zero_negative)  # fmt: skip
-    tids = time_ids(2 * len(prompts), height, width, like=context)
-    return denoise(components.unet, make_scheduler(components, sampler), noise.to(context.device), context,
-                   pooled, tids, steps=steps, cfg=cfg)  # fmt: skip
+    return _denoise_chunk(components, context, pooled, noise, steps=steps, cfg=cfg, height=height, width=width,
+                          sampler=sampler)  # fmt: skip
+
+
+def _denoise_chunk(components, context, pooled, noise, *, steps, cfg, height, width, sampler) -> torch.Tensor:
+    tids = time_ids(2 * noise.shape[0], height, width, like=context)
+    return denoise(components.unet, make_scheduler(components, sampler), noise.to(context.device), context=context,
+                   pooled=pooled, tids=tids, steps=steps, cfg=cfg)  # fmt: skip
 
 
 def generate_images(
@@ -120,8 +122,9 @@ def generate_images(
     weighted: bool = False,
     zero_empty_negative: bool | None = None,
     batch_size: int = 16,
+    release: bool = False,
 ) -> np.ndarray:
-    """Generate one image per prompt.
+    """Generate one image per prompt: encode every prompt, then denoise, then decode.
 
     Args:
         components: the model (toy or SDXL), in eval mode.
@@ -138,6 +141,9 @@ def generate_images(
             ``force_zeros_for_empty_prompt``. None = True for real SDXL, False for the toy
             model (trained with caption dropout to the encoded ``""``).
         batch_size: prompts per forward batch (CFG doubles it).
+        release: drop each network from ``components`` after its last use (text encoders after
+            encoding, UNet before decoding), for one-shot commands: the VAE's full-size activations
+            (2.3 GB at 1024 px in bf16) then never sit beside the UNet.
 
     Returns:
         (B, H, W, 3) uint8 RGB.
@@ -154,13 +160,21 @@ def generate_images(
     zero = (not components.is_toy) if zero_empty_negative is None else zero_empty_negative
     channels = components.unet.config.in_channels
     noise = initial_noise(len(prompts), (channels, lh, lw), seed)  # (B, C, h, w)
-    out = []
+    starts = range(0, len(prompts), batch_size)
     with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            lat = sample_latents(components, chunk, noise[start : start + len(chunk)], steps=steps, cfg=cfg,
-                                 height=height, width=width, negative=negative, sampler=sampler,
-                                 max_token_length=max_token_length, weighted=weighted,
-                                 zero_negative=zero and negative == "")  # fmt: skip
-            out.append(decode_latents(components, lat))
-    return np.concatenate(out)
+        conditioning = [encode_pair(components, prompts[s : s + batch_size], negative, max_token_length=max_token_length,
+                                    weighted=weighted, zero_negative=zero and negative == "") for s in starts]  # fmt: skip
+        _release(components, release, "text_encoder", "text_encoder_2")
+        latents = [_denoise_chunk(components, context, pooled, noise[s : s + batch_size], steps=steps, cfg=cfg,
+                                  height=height, width=width, sampler=sampler)
+                   for s, (context, pooled) in zip(starts, conditioning, strict=True)]  # fmt: skip
+        _release(components, release, "unet")
+        return np.concatenate([decode_latents(components, lat) for lat in latents])
+
+
+def _release(components: SDXLComponents, release: bool, *names: str) -> None:
+    """Drop networks the rest of a one-shot run does not need, so their memory returns."""
+    if release:
+        for name in names:
+            setattr(components, name, None)
+        trim_heap()

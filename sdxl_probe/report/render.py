@@ -38,6 +38,10 @@ class ReportHeader:
         model_kind: ``"sdxl"``, ``"toy"`` or ``"tiny"`` (as ``SDXLComponents.kind``); None without a model.
         dataset: the dataset path or name; None when not applicable.
         config: the resolved settings the result was computed with (shown as a table).
+        device: the torch device the model ran on (``"cpu"``, ``"cuda:0"``); None without a model
+            or for results saved before it was recorded.
+        dtype: the compute dtype (``"fp32"``, ``"bf16"``, ``"fp16"``, with the VAE's when it differs,
+            e.g. ``"fp16, VAE fp32"``); None likewise.
         version: the sdxl-probe version that computed the result.
         created: ISO-8601 UTC time the result was computed.
     """
@@ -47,6 +51,8 @@ class ReportHeader:
     model_kind: str | None = None
     dataset: str | None = None
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    device: str | None = None
+    dtype: str | None = None
     version: str = __version__
     created: str = dataclasses.field(default_factory=lambda: utc_now())
 
@@ -62,6 +68,14 @@ class ReportHeader:
     def from_dict(cls, data: dict[str, Any]) -> ReportHeader:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def precision_text(model: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(device, dtype) for the header from a saved result's model entry (None for older results)."""
+    dtype, vae = model.get("dtype"), model.get("vae_dtype")
+    if dtype and vae and vae != dtype:
+        dtype = f"{dtype}, VAE {vae}"
+    return model.get("device"), dtype
 
 
 def utc_now() -> str:

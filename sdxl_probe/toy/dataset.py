@@ -28,6 +28,7 @@ import numpy as np
 
 from sdxl_probe.errors import DatasetError
 from sdxl_probe.io import write_bytes, write_json, write_text
+from sdxl_probe.outputs import output_folder
 from sdxl_probe.toy.world import (
     CAPTION_STYLES,
     CONCEPT_COLOURS,
@@ -149,21 +150,22 @@ def write_dataset(
                     concept, trigger, repeats, details, size)
     rng = random.Random(seed)
     lines = []
-    for i in range(n):
-        scene = sample_scene(rng, split=split, concept=concept)
-        image, masks = render_scene(scene, size)
-        caps = _captions(scene, style, seed, i, prefix, names, details)
-        stem = f"{ds.image_dir}/{i:05d}"
-        write_bytes(root / f"{stem}.png", _png(image))
-        write_text(root / f"{stem}.txt", caps["caption"] + "\n")
-        write_text(root / f"{stem}.tags.txt", caps["tags"] + "\n")
-        write_text(root / f"{stem}.sentence.txt", caps["sentence"] + "\n")
-        labels = (masks * np.arange(1, len(masks) + 1)[:, None, None]).sum(0).astype(np.uint8)
-        write_bytes(root / MASK_DIR / f"{i:05d}.png", _png(labels))
-        record = {"file": f"{stem}.png", "mask": f"{MASK_DIR}/{i:05d}.png", **caps, **scene_record(scene, masks)}
-        lines.append(json.dumps(record, ensure_ascii=False))
-    write_text(root / METADATA_FILE, "\n".join(lines) + "\n")
-    ds.save()
+    with output_folder(root, fresh=True, option="OUT") as tmp:  # all of it appears at once, or none
+        for i in range(n):
+            scene = sample_scene(rng, split=split, concept=concept)
+            image, masks = render_scene(scene, size)
+            caps = _captions(scene, style, seed, i, prefix, names, details)
+            stem = f"{ds.image_dir}/{i:05d}"
+            write_bytes(tmp / f"{stem}.png", _png(image))
+            write_text(tmp / f"{stem}.txt", caps["caption"] + "\n")
+            write_text(tmp / f"{stem}.tags.txt", caps["tags"] + "\n")
+            write_text(tmp / f"{stem}.sentence.txt", caps["sentence"] + "\n")
+            labels = (masks * np.arange(1, len(masks) + 1)[:, None, None]).sum(0).astype(np.uint8)
+            write_bytes(tmp / MASK_DIR / f"{i:05d}.png", _png(labels))
+            record = {"file": f"{stem}.png", "mask": f"{MASK_DIR}/{i:05d}.png", **caps, **scene_record(scene, masks)}
+            lines.append(json.dumps(record, ensure_ascii=False))
+        write_text(tmp / METADATA_FILE, "\n".join(lines) + "\n")
+        ds.save(tmp / SETTINGS_FILE)
     return ds
 
 

@@ -57,6 +57,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 def save_state(
     path: Path,
+    *,
     modules: dict[str, torch.nn.Module],
     optimizer: torch.optim.Optimizer,
     lr_scheduler: Any,
@@ -80,6 +81,7 @@ def save_state(
 
 def load_state(
     path: Path,
+    *,
     modules: dict[str, torch.nn.Module],
     optimizer: torch.optim.Optimizer,
     lr_scheduler: Any,

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from sdxl_probe.errors import ProbeError
+from sdxl_probe.pipeline.checks import check_image_size
+from sdxl_probe.pipeline.device import precision_of
 from sdxl_probe.pipeline.vae import encode_images
 from sdxl_probe.probes.attention import heatmaps, metrics
 from sdxl_probe.probes.attention.capture import AttentionRecorder
@@ -30,7 +32,7 @@ REN_LAST_STEPS = 10  # Ren et al. D mode: mean entropy over the last 10 steps
 def generate(
     components: Any, prompts: list[str], *, height: int | None = None, width: int | None = None,
     steps: int = 25, guidance: float = 5.0, seed: int = 0, max_token_length: int | None = None,
-    options: CaptureOptions = CaptureOptions(),
+    options: CaptureOptions = CaptureOptions(), release: bool = False,
 ) -> AttentionResult:  # fmt: skip
     """Generate images for ``prompts`` and record their cross-attention maps.
 
@@ -42,6 +44,8 @@ def generate(
             batch, prompt i seeded with ``seed + i``).
         max_token_length: None (75), 150 or 225, sd-scripts chunking.
         options: layer, head, step-window and resolution selection.
+        release: drop the text encoders and UNet from ``components`` after their last use
+            (``generate_images(release=True)``), for one-shot commands.
 
     Returns:
         An AttentionResult with one condition, "generate".
@@ -50,13 +54,12 @@ def generate(
     enc = _encode(components, prompts, max_token_length)
     with options.capture(components.unet, cfg_doubled=guidance != 1.0) as rec:
         images = sample_images(components, prompts, height=height, width=width, steps=steps, guidance=guidance,
-                               seed=seed, max_token_length=max_token_length)  # fmt: skip
+                               seed=seed, max_token_length=max_token_length, release=release)  # fmt: skip
     maps, mass = _aggregate(rec, options.size)
     settings = _settings(options, mode="generate", height=height, width=width, steps=steps, guidance=guidance,
                          seed=seed, max_token_length=max_token_length, timesteps=list(rec.timesteps.values()))  # fmt: skip
-    result = _result(
-        components, "generate", enc, ["generate"], maps[None], mass[None], images[None], settings
-    )
+    result = _result(components, "generate", enc, labels=["generate"], maps=maps[None], mass=mass[None],
+                     images=images[None], settings=settings)  # fmt: skip
     result.metrics["ren"] = [_ren_entropies(rec, b) for b in range(len(prompts))]
     return result
 
@@ -86,14 +89,13 @@ def inspect(
         raise ProbeError(f"{lora}: LoRA file not found; pass the .safetensors written by the trainer")
     hw = (int(images.shape[1]), int(images.shape[2]))
     latents = encode_images(components, images)
-    runs = _inspect_runs(components, latents, captions, timesteps, seed, max_token_length, options, hw)
+    run_kw = dict(timesteps=timesteps, seed=seed, max_token_length=max_token_length, options=options, hw=hw)
+    runs = _inspect_runs(components, latents, captions, **run_kw)
     if lora is not None:
         from sdxl_probe.pipeline.lora import lora_loaded
 
         with lora_loaded(components, lora):
-            lora_runs = _inspect_runs(
-                components, latents, captions, timesteps, seed, max_token_length, options, hw
-            )
+            lora_runs = _inspect_runs(components, latents, captions, **run_kw)
         runs = [r for pair in zip(runs, lora_runs, strict=True) for r in pair]
     kinds = ("/base", "/lora") if lora is not None else ("",)
     labels = [f"t={t}{kind}" for t in timesteps for kind in kinds]
@@ -103,13 +105,13 @@ def inspect(
     settings = _settings(options, mode="inspect", height=hw[0], width=hw[1], seed=seed, timesteps=list(timesteps),
                          max_token_length=max_token_length, lora=str(lora) if lora else None)  # fmt: skip
     shown = np.broadcast_to(images, (len(labels), *images.shape)).copy()
-    result = _result(components, "inspect", enc, labels, maps, mass, shown, settings)
+    result = _result(components, "inspect", enc, labels=labels, maps=maps, mass=mass, images=shown, settings=settings)
     if lora is not None:
         result.metrics["lora_change"] = lora_change(result)
     return result
 
 
-def _inspect_runs(components, latents, captions, timesteps, seed, max_token_length, options, hw):
+def _inspect_runs(components, latents, captions, *, timesteps, seed, max_token_length, options, hw):
     enc = _encode(components, captions, max_token_length)
     runs = []
     for t in timesteps:
@@ -146,14 +148,7 @@ def _encode(components: Any, captions: list[str], max_token_length: int | None):
 
 
 def _image_size(components: Any, height: int | None, width: int | None) -> tuple[int, int]:
-    side = components.unet.config.sample_size * components.vae_scale_factor
-    height, width = height or side, width or side
-    f = components.vae_scale_factor
-    if height % f or width % f:
-        raise ProbeError(
-            f"image size {height}x{width} is not a multiple of the VAE factor {f}; round it to one"
-        )
-    return height, width
+    return check_image_size(components.unet.config, components.vae.config, height, width)
 
 
 def _check_images(images: np.ndarray, captions: list[str], components: Any) -> None:
@@ -172,7 +167,7 @@ def _settings(options: CaptureOptions, **extra: Any) -> dict[str, Any]:
     return {"aggregation": "daam", **asdict(options), **extra}
 
 
-def _result(components, mode, enc, labels, maps, mass, images, settings) -> AttentionResult:
+def _result(components, mode, enc, *, labels, maps, mass, images, settings) -> AttentionResult:
     words, tags, kinds, token_labels = [], [], [], []
     for b, tc in enumerate(enc.captions):
         layout = enc.layouts_te1[b]
@@ -183,7 +178,7 @@ def _result(components, mode, enc, labels, maps, mass, images, settings) -> Atte
         kinds.append(heatmaps.position_kinds(maps.shape[2], content))
         token_labels.append(_token_labels(tc, layout, kinds[-1]))
     model = {"source": str(components.source), "kind": components.kind, "is_toy": components.is_toy,
-             "hash": components.model_hash()}  # fmt: skip
+             "hash": components.model_hash(), **precision_of(components)}  # fmt: skip
     result = AttentionResult(mode, model, settings, [tc.caption for tc in enc.captions], labels, maps, mass,
                              kinds, token_labels, words, images, tags=tags)  # fmt: skip
     result.metrics["words"] = word_metrics(result)

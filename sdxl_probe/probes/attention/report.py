@@ -8,7 +8,7 @@ from typing import Any
 
 from sdxl_probe.errors import ProbeError
 from sdxl_probe.report.figures import bytes_to_data_uri
-from sdxl_probe.report.render import ReportHeader, render_page
+from sdxl_probe.report.render import ReportHeader, precision_text, render_page
 
 REPORT_NAME = "attention.html"
 
@@ -49,5 +49,6 @@ def render_report(result_dir: str | Path) -> Path:
                "conditions_view": views, "lora_rows": meta["metrics"].get("lora_change", []),
                "diff_overlays": [_png(p) for p in diffs]}  # fmt: skip
     header = ReportHeader(title=f"Cross-attention maps ({meta['mode']})", model=meta["model"].get("source"),
-                          model_kind=meta["model"].get("kind"), config=meta["settings"])  # fmt: skip
+                          model_kind=meta["model"].get("kind"), config=meta["settings"],
+                          device=precision_text(meta["model"])[0], dtype=precision_text(meta["model"])[1])  # fmt: skip
     return render_page("attention.html.j2", context, result_dir / REPORT_NAME, header=header)

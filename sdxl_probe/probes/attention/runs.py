@@ -52,7 +52,7 @@ class CaptureOptions:
 
 def sample_images(
     components: Any, prompts: list[str], *, height: int, width: int, steps: int, guidance: float, seed: int,
-    max_token_length: int | None,
+    max_token_length: int | None, release: bool = False,
 ) -> np.ndarray:  # fmt: skip
     """The project's sampler (``sdxl_probe.pipeline.sampling``) on all prompts in ONE batch.
 
@@ -66,7 +66,7 @@ def sample_images(
     from sdxl_probe.pipeline.sampling import generate_images
 
     return generate_images(components, prompts, seed=seed, steps=steps, cfg=guidance, height=height, width=width,
-                           max_token_length=max_token_length, batch_size=len(prompts))  # fmt: skip
+                           max_token_length=max_token_length, batch_size=len(prompts), release=release)  # fmt: skip
 
 
 @torch.no_grad()
@@ -83,4 +83,5 @@ def noised_forward(
     noise = seeded_noise(tuple(latents.shape), seed, like=latents)
     t = torch.full((latents.shape[0],), timestep, dtype=torch.long, device=latents.device)
     x_t = add_noise(ddpm, latents, noise, t)
-    predict_noise(components.unet, x_t, t, context, pooled, time_ids(latents.shape[0], *hw, like=pooled))
+    predict_noise(components.unet, x_t, t, context=context, pooled=pooled,
+                  tids=time_ids(latents.shape[0], *hw, like=pooled))

@@ -6,9 +6,11 @@ A pair is the same content captioned twice: once as tags, once as a sentence.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdxl_probe.data.records import read_caption_text
 from sdxl_probe.errors import DatasetError, ProbeError
 
 PAIR_SEPARATOR = "|||"
@@ -53,8 +55,8 @@ def read_csv(path: Path, tags_column: str = "tags", sentence_column: str = "sent
     """Pairs from a CSV file with a header naming a tags column and a sentence column."""
     if not path.is_file():
         raise DatasetError(f"{path}: CSV file not found; check the path")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(read_caption_text(path, "CSV file"), newline=""))
+    try:
         header = reader.fieldnames or []
         missing = [c for c in (tags_column, sentence_column) if c not in header]
         if missing:
@@ -70,6 +72,8 @@ def read_csv(path: Path, tags_column: str = "tags", sentence_column: str = "sent
                     f"{path}: row {row_number} has an empty caption; fill it in or delete the row"
                 )
             pairs.append(CaptionPair(tags, sentence, source=f"{path.name}:{row_number}"))
+    except csv.Error as e:
+        raise DatasetError(f"{path}: line {reader.line_num}: not valid CSV ({e}); fix or delete that row") from None
     return _non_empty(pairs, path)
 
 
@@ -129,14 +133,14 @@ def toy_pairs(n: int, seed: int = 0) -> list[CaptionPair]:
 
 
 def _first_line(path: Path) -> str:
-    text = path.read_text(encoding="utf-8", errors="replace").strip()
+    text = read_caption_text(path).strip()
     return text.splitlines()[0].strip() if text else ""
 
 
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise DatasetError(f"{path}: caption list not found; check the path")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_caption_text(path, "caption list").splitlines() if line.strip()]
 
 
 def _non_empty(pairs: list[CaptionPair], path: Path) -> list[CaptionPair]:

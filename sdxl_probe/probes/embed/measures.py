@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sdxl_probe.pipeline.device import precision_of
 from sdxl_probe.pipeline.encoding_cache import Encoded, EncodeSettings
 from sdxl_probe.probes.embed import sensitivity as sens
 from sdxl_probe.probes.embed.metrics import (
@@ -174,6 +175,7 @@ def model_info(components: SDXLComponents, sample: Encoded) -> dict[str, Any]:
         "kind": components.kind,
         "is_toy": components.is_toy,
         "model_hash": components.model_hash(),
+        **precision_of(components),
         "widths": {
             "te1": int(sample.te1.shape[-1]),
             "te2": int(sample.te2.shape[-1]),

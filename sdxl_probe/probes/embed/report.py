@@ -12,7 +12,7 @@ from typing import Any
 from sdxl_probe.probes.embed.core import EmbedResult
 from sdxl_probe.probes.embed.summary import VIEW_NAMES, relative, size_word
 from sdxl_probe.report.figures import figure_to_data_uri, new_figure
-from sdxl_probe.report.render import ReportHeader, render_page, utc_now
+from sdxl_probe.report.render import ReportHeader, precision_text, render_page, utc_now
 
 REPORT_HTML = "embed.html"
 TEMPLATE = "embed.html.j2"
@@ -24,6 +24,7 @@ def render_report(result_dir: str | Path) -> Path:
     """Render ``<result_dir>/embed.html`` from ``<result_dir>/embed.json``."""
     result_dir = Path(result_dir)
     result = EmbedResult.load(result_dir)
+    device, dtype = precision_text(result.model)
     header = ReportHeader(
         title="Embedding probe: tags versus sentences",
         model=result.model["source"],
@@ -31,6 +32,8 @@ def render_report(result_dir: str | Path) -> Path:
         dataset=result.dataset,
         config=result.settings,
         created=result.run.get("created") or utc_now(),
+        device=device,
+        dtype=dtype,
     )
     return render_page(TEMPLATE, report_context(result), result_dir / REPORT_HTML, header=header)
 

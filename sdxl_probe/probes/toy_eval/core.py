@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sdxl_probe.io import write_json
+from sdxl_probe.pipeline.device import precision_of
 from sdxl_probe.toy.world import BACKGROUNDS, COLOURS, HELDOUT_COMBOS, SHAPES, Scene, ToyObject, caption_scene
 
 # Acceptance bars of issue #3 (figure name -> minimum).
@@ -136,6 +137,7 @@ class ToyEvaluation:
     attention: dict[str, float]
     counts: dict[str, int]
     per_image: list[dict] = field(default_factory=list)
+    precision: dict = field(default_factory=dict)  # device, dtype, vae_dtype (absent in older results)
 
     def save(self, folder: Path) -> Path:
         return write_json(Path(folder) / "evaluate.json", asdict(self))
@@ -187,5 +189,5 @@ def evaluate_model(components, *, n_prompts: int = 212, seed: int = 0, steps: in
                            settings={"n_prompts": len(prompts), "seed": seed, "steps": steps, "cfg": cfg,
                                      "sampler": "euler", "n_attention": n_attention},
                            figures=summarize(prompts, scores), attention=attention, counts=counts,
-                           per_image=per_image)
+                           per_image=per_image, precision=precision_of(components))
     return result, images, prompts

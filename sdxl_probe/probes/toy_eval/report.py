@@ -46,7 +46,7 @@ def write_grids(out: Path, images: np.ndarray, groups: list[str]) -> dict[str, P
 
 def render_report(out: str | Path) -> Path:
     """``report.html`` from ``evaluate.json`` and the grids (no model, no recomputation)."""
-    from sdxl_probe.report.render import ReportHeader, render_page
+    from sdxl_probe.report.render import ReportHeader, precision_text, render_page
 
     out = Path(out)
     result = ToyEvaluation.load(out)
@@ -62,7 +62,8 @@ def render_report(out: str | Path) -> Path:
         {"title": "Generations", "figures": figures},
     ]
     header = ReportHeader(title="Toy model evaluation", model=result.model,
-                          model_kind="toy" if result.is_toy else "sdxl", config=result.settings)
+                          model_kind="toy" if result.is_toy else "sdxl", config=result.settings,
+                          device=precision_text(result.precision)[0], dtype=precision_text(result.precision)[1])
     return render_page("simple.html.j2", {"sections": sections}, out / "report.html", header=header)
 
 

@@ -20,11 +20,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import torch
 
 from sdxl_probe.errors import ProbeError
 from sdxl_probe.io import write_json, write_with
+from sdxl_probe.options import Choice, Range, validate
+from sdxl_probe.outputs import check_writable, clean_stale, hold_lock, output_folder
 from sdxl_probe.pipeline.conditioning import encode_with, predict_noise, time_ids
 from sdxl_probe.pipeline.noising import add_noise
 from sdxl_probe.toy import model_config as mc
@@ -35,35 +38,40 @@ from sdxl_probe.train.toy_recipe.vae import encode_latents, latent_scaling_facto
 ARCHITECTURES = {"toy": mc.TOY, "tiny": mc.TINY}
 
 
+Count = Annotated[int, Range(1, 10**9)]
+Rate = Annotated[float, Range(0.0, 1.0, hi_open=True)]
+Positive = Annotated[float, Range(0.0, 1e6, lo_open=True)]
+
+
 @dataclass
 class PretrainConfig:
-    """Recipe settings; the defaults are the recipe of the shipped toy model."""
+    """Recipe settings; the defaults are the recipe of the shipped toy model.
 
-    arch: str = "toy"  # "toy" (shipped) or "tiny" (tests)
-    n_images: int = 20000  # rendered once; about 13 passes over them at 4000 x 64
-    vae_steps: int = 500
-    vae_batch_size: int = 32
-    vae_lr: float = 2e-3
-    vae_object_weight: float = 4.0  # extra loss weight on object pixels (their colours and corners)
-    steps: int = 4000
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    caption_dropout: float = 0.1  # share of captions replaced by "" (unconditional branch for CFG)
-    pooled_dropout: float = 0.25  # share of samples whose pooled vector is zeroed: text must flow through cross-attention
-    min_snr_gamma: float = 5.0
-    ema_decay: float = 0.998  # max decay; EMA warm-up ramps towards it
-    checkpoint_every: int = 100
-    threads: int = 2  # torch intra-op threads: the 2 cores of the reference machine (1 on a shared machine)
+    Every field declares its bounds (:mod:`sdxl_probe.options`); a TOML or a constructor call
+    outside them is refused before anything is rendered.
+    """
+
+    arch: Annotated[str, Choice(*ARCHITECTURES)] = "toy"  # "toy" (shipped) or "tiny" (tests)
+    n_images: Annotated[int, Range(1, 10**6)] = 20000  # rendered once; about 13 passes over them at 4000 x 64
+    vae_steps: Count = 500
+    vae_batch_size: Annotated[int, Range(1, 4096)] = 32
+    vae_lr: Positive = 2e-3
+    vae_object_weight: Annotated[float, Range(0.0, 1e3)] = 4.0  # extra loss weight on object pixels
+    steps: Count = 4000
+    batch_size: Annotated[int, Range(1, 4096)] = 64
+    lr: Positive = 1e-3
+    warmup_steps: Annotated[int, Range(0, 10**9)] = 100
+    caption_dropout: Rate = 0.1  # share of captions replaced by "" (unconditional branch for CFG)
+    pooled_dropout: Rate = 0.25  # share of samples whose pooled vector is zeroed: text must flow through cross-attention
+    min_snr_gamma: Positive = 5.0
+    ema_decay: Rate = 0.998  # max decay; EMA warm-up ramps towards it
+    checkpoint_every: Count = 100
+    threads: Annotated[int, Range(0, 1024)] = 2  # torch intra-op threads (0: torch's default); 2 cores on the reference machine
     bf16_autocast: bool = True  # TE + UNet forward under CPU bf16 autocast: ~1.4x less CPU (AVX512-BF16)
     eager_attention: bool = True  # plain matmul attention while training: SDPA's CPU backward is ~2x slower here
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise ProbeError(f"arch {self.arch!r} unknown; expected one of {sorted(ARCHITECTURES)}")
-        for name in ("caption_dropout", "pooled_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ProbeError(f"{name} {getattr(self, name)} must be in [0, 1)")
+        validate(self)
 
 
 def set_training_attention(models, eager: bool) -> None:
@@ -127,7 +135,7 @@ def train_joint(
     modules = {"unet": unet, "te1": te1, "te2": te2}
     step = 0
     if resume and state_path.exists():
-        step = load_state(state_path, modules, opt, lr_sched, ema)["step"]
+        step = load_state(state_path, modules=modules, optimizer=opt, lr_scheduler=lr_sched, ema=ema)["step"]
         log(f"joint: resumed at step {step}/{cfg.steps}")
     for m in modules.values():
         m.train()
@@ -147,7 +155,7 @@ def train_joint(
                 enc = encode_with(te1, te2, captions, model_max_length=max_length)  # context (B, 77, d1 + d2)
                 pooled = drop_pooled(enc.pooled, gen, cfg.pooled_dropout)
                 tids = time_ids(cfg.batch_size, image_size, image_size)
-                pred = predict_noise(unet, xt, t, enc.context, pooled, tids).float()  # (B, C, h, w)
+                pred = predict_noise(unet, xt, t, context=enc.context, pooled=pooled, tids=tids).float()  # (B, C, h, w)
             snr = compute_snr(noise_scheduler, t)
             weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # epsilon objective
             loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
@@ -164,7 +172,8 @@ def train_joint(
                 log(f"joint step {step}/{cfg.steps} loss {loss_avg:.4f} lr {lr_sched.get_last_lr()[0]:.2e} "
                     f"{time.time() - t0:.0f}s ({rate:.2f} step/s this session)")
             if stop.requested or step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_state(state_path, modules, opt, lr_sched, ema, {"step": step, "seed": seed})
+                save_state(state_path, modules=modules, optimizer=opt, lr_scheduler=lr_sched, ema=ema,
+                           info={"step": step, "seed": seed})
             if stop.requested and step < cfg.steps:
                 raise TrainingStopped(f"stopped at joint step {step}; state saved in {state_path}; rerun with --resume")
     return ema, params
@@ -199,12 +208,19 @@ def _vae_phase(cfg: PretrainConfig, arch, pixels, seed: int, state: Path, resume
 
 def pretrain(out: Path, cfg: PretrainConfig, *, seed: int = 0, resume: bool = False, log=print) -> Path:
     """Run the recipe into ``out`` (``out/state`` holds resumable state); returns ``out/model``."""
+    out = Path(out)
+    check_writable(out / "state", "--out")
+    with hold_lock(out):  # a second run into the same folder is refused, naming this pid
+        return _pretrain(out, cfg, seed=seed, resume=resume, log=log)
+
+
+def _pretrain(out: Path, cfg: PretrainConfig, *, seed: int, resume: bool, log) -> Path:
     from sdxl_probe.train.toy_recipe.export import export_diffusers
 
-    out = Path(out)
     state = out / "state"
     if state.exists() and any(state.iterdir()) and not resume:
         raise ProbeError(f"{state} already holds training state; pass --resume to continue it or choose another --out")
+    clean_stale(state)  # temp checkpoints of a killed run
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)
@@ -221,8 +237,9 @@ def pretrain(out: Path, cfg: PretrainConfig, *, seed: int = 0, resume: bool = Fa
                               state_path=state / "joint_state.safetensors", resume=resume, log=log)
     ema.copy_to(params)
     set_training_attention([unet, te1, te2], eager=False)
-    model_dir = export_diffusers(out / "model", vae=vae, text_encoder=te1, text_encoder_2=te2, unet=unet,
-                                 kind=cfg.arch)
+    with output_folder(out / "model", owns=("model_index.json",)) as tmp:
+        export_diffusers(tmp, vae=vae, text_encoder=te1, text_encoder_2=te2, unet=unet, kind=cfg.arch)
+    model_dir = out / "model"
     elapsed = time.time() - t_start
     write_json(out / "pretrain.json", {"config": asdict(cfg), "seed": seed, "seconds_this_session": elapsed,
                                        "resumed": resume})

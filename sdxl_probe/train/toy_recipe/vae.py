@@ -76,7 +76,7 @@ def train_vae(
     sched = get_scheduler("cosine", opt, num_warmup_steps=min(50, steps // 10), num_training_steps=steps)
     step = 0
     if resume and state_path.exists():
-        step = load_state(state_path, {"vae": vae}, opt, sched, None)["step"]
+        step = load_state(state_path, modules={"vae": vae}, optimizer=opt, lr_scheduler=sched, ema=None)["step"]
         log(f"vae: resumed at step {step}/{steps}")
     vae.train()
     t0, mse_avg = time.time(), None
@@ -96,7 +96,8 @@ def train_vae(
                 psnr = 10 * torch.log10(torch.tensor(4.0 / mse_avg)).item()  # range [-1, 1] -> peak 2
                 log(f"vae step {step}/{steps} loss {loss.item():.4f} psnr~{psnr:.1f} dB {time.time() - t0:.0f}s")
             if stop.requested or step % checkpoint_every == 0 or step == steps:
-                save_state(state_path, {"vae": vae}, opt, sched, None, {"step": step, "seed": seed})
+                save_state(state_path, modules={"vae": vae}, optimizer=opt, lr_scheduler=sched, ema=None,
+                           info={"step": step, "seed": seed})
             if stop.requested and step < steps:
                 raise TrainingStopped(f"stopped at vae step {step}; state saved in {state_path}; rerun with --resume")
     vae.eval()
