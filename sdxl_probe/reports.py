@@ -22,8 +22,9 @@ def renderers() -> dict[str, Renderer]:
     from sdxl_probe.probes.audit.report import render_report as audit
     from sdxl_probe.probes.embed.report import render_report as embed
     from sdxl_probe.probes.toy_eval.report import render_report as toy_eval
+    from sdxl_probe.train.lora.report import render_report as train
 
-    return {"attention": attention, "audit": audit, "embed": embed, "toy-eval": toy_eval}
+    return {"attention": attention, "audit": audit, "embed": embed, "toy-eval": toy_eval, "train": train}
 
 
 def render_report(kind: str, result_dir: str | Path) -> Path:

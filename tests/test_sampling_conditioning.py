@@ -13,24 +13,14 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from test_text_encode import sd_scripts_reference
+from test_text_encode import sd_scripts_reference, single_token_words
 
 from sdxl_probe.pipeline.sampling import generate_images
-from sdxl_probe.text.bpe import get_bpe
-from sdxl_probe.text.vocab import load_vocab
 
 
 @pytest.fixture(scope="module")
 def words() -> list[str]:
-    """230 distinct words that are each one CLIP token (so context position = word index + 1)."""
-    bpe, found = get_bpe(), []
-    for tok, i in load_vocab().items():
-        word = tok.removesuffix("</w>")
-        if tok.endswith("</w>") and word.isalpha() and word.isascii() and len(word) > 3 and bpe.encode(word) == [i]:
-            found.append(word)
-        if len(found) == 230:
-            return found
-    raise AssertionError("not enough single-token words")
+    return single_token_words(230)
 
 
 @contextmanager

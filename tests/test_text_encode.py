@@ -13,17 +13,21 @@ from sdxl_probe.text.vocab import load_vocab
 LENGTHS = (0, 74, 75, 76, 150, 151, 225, 300)
 
 
-@pytest.fixture(scope="module")
-def words() -> list[str]:
-    """320 distinct words that are each one CLIP token."""
+def single_token_words(n: int) -> list[str]:
+    """``n`` distinct words that are each one CLIP token (so a word's context position is its index + 1)."""
     bpe, found = get_bpe(), []
     for tok, i in load_vocab().items():
         word = tok.removesuffix("</w>")
         if tok.endswith("</w>") and word.isalpha() and word.isascii() and len(word) > 3 and bpe.encode(word) == [i]:
             found.append(word)
-        if len(found) == 320:
+        if len(found) == n:
             return found
     raise AssertionError("not enough single-token words")
+
+
+@pytest.fixture(scope="module")
+def words() -> list[str]:
+    return single_token_words(320)
 
 
 def sd_scripts_reference(components, captions: list[str], max_token_length: int | None):

@@ -1,0 +1,272 @@
+"""The trainer's typed TOML config: one dataclass per section, bounds declared on every field.
+
+Sections mirror sd-scripts' option groups (docs/sd-scripts-compat.md): ``[model] [dataset]
+[network] [optimizer] [training] [sampling] [saving] [logging]``. Names follow sd-scripts where it
+has one (``network_dim`` is ``[network] dim``). An unknown key names the nearest valid one
+(:func:`sdxl_probe.config.from_dict`); a value out of its declared range names the range
+(:mod:`sdxl_probe.options`). ``--set section.key=value`` overrides are applied to the parsed TOML
+before it is checked, so they pass the same gate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from sdxl_probe.config import from_dict, read_toml, unknown_key_message
+from sdxl_probe.errors import ConfigError
+from sdxl_probe.options import Choice, Range
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+Steps = Annotated[int, Range(1, 10**8)]
+EveryN = Annotated[int, Range(0, 10**8)]  # 0 = never
+Rate = Annotated[float, Range(0.0, 1.0, hi_open=True)]
+LearningRate = Annotated[float, Range(0.0, 1.0, lo_open=True)]  # above 1 no LoRA survives AdamW
+Reso = Annotated[int, Range(8, 16384)]
+
+
+@dataclass
+class ModelSection:
+    """The base model."""
+
+    source: str = "toy"  # a preset ("toy"), an SDXL .safetensors file or a diffusers folder
+    allow_pickle: bool = False  # accept .ckpt/.pt (read with weights_only=True)
+
+
+@dataclass
+class DatasetSection:
+    """Images, captions and their kohya settings; ``path`` may be a kohya dataset TOML."""
+
+    path: str = ""  # kohya folder (N_name subfolders), dataset .toml, metadata.jsonl or .csv
+    caption_extension: str | None = None  # None: .caption if present, else .txt (sd-scripts)
+    resolution: Annotated[int, Range(8, 16384)] = 1024  # bucket area is resolution**2; 64 for the toy model
+    enable_bucket: bool = False  # sd-scripts' default: every image is resized and cropped to resolution
+    min_bucket_reso: Reso = 256
+    max_bucket_reso: Reso = 1024
+    bucket_reso_steps: Annotated[int, Range(8, 1024)] = 64  # multiple of the model's size factor (32 on SDXL)
+    bucket_no_upscale: bool = False
+    flip_aug: bool = False
+    batch_size: Annotated[int, Range(1, 4096)] = 1
+    on_bad_image: Annotated[str, Choice("error", "skip")] = "error"  # an undecodable image stops the run or is named and skipped
+    validation_split: Rate = 0.0  # share of images held out for validation loss (sd-scripts PR #1899)
+    validation_seed: int = 0
+    cache_latents: Annotated[str, Choice("none", "memory", "disk")] = "none"
+    cache_dir: str | None = None  # disk latent cache; default RUN_DIR/latent_cache
+    cache_text_encoder_outputs: bool = False  # needs the text encoders frozen
+    cache_text_variants: Annotated[int, Range(0, 1000)] = 0  # processed captions pre-encoded per image when captions are random
+    max_token_length: Annotated[int, Choice(75, 150, 225)] = 75  # sd-scripts --max_token_length (75 = unset)
+    weighted_captions: bool = False
+    caption_prefix: str | None = None
+    caption_suffix: str | None = None
+    caption_dropout_rate: Rate = 0.0
+    caption_dropout_every_n_epochs: Annotated[int, Range(0, 10**6)] = 0
+    enable_wildcard: bool = False
+    keep_tokens: Annotated[int, Range(0, 1000)] = 0
+    keep_tokens_separator: str | None = None
+    secondary_separator: str | None = None
+    caption_separator: str = ","
+    shuffle_caption: bool = False
+    caption_tag_dropout_rate: Rate = 0.0
+    token_warmup_min: Annotated[int, Range(0, 1000)] = 1
+    token_warmup_step: Annotated[float, Range(0, 10**8)] = 0
+
+
+@dataclass
+class NetworkSection:
+    """The LoRA (sd-scripts networks.lora defaults: dim 4, alpha 1)."""
+
+    dim: Annotated[int, Range(1, 1024)] = 4
+    alpha: Annotated[float, Range(0.0, 1024.0, lo_open=True)] = 1.0  # scale = alpha / dim
+    dropout: Rate = 0.0  # peft lora_dropout (on the LoRA branch input)
+    target: Annotated[str, Choice("attn", "transformer", "full")] = "transformer"  # sd-scripts' default targets
+    conv_dim: Annotated[int, Range(1, 1024)] = 4  # 3x3 convs, target = "full" only
+    conv_alpha: Annotated[float, Range(0.0, 1024.0, lo_open=True)] = 1.0
+    train_unet: bool = True
+    train_text_encoder_1: bool = False
+    train_text_encoder_2: bool = False
+
+
+@dataclass
+class OptimizerSection:
+    """AdamW and diffusers' ``get_scheduler``."""
+
+    unet_lr: LearningRate = 1e-4
+    text_encoder_1_lr: LearningRate = 1e-5
+    text_encoder_2_lr: LearningRate = 1e-5
+    weight_decay: Annotated[float, Range(0.0, 1.0)] = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 1e-8
+    lr_scheduler: Annotated[
+        str, Choice("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+    ] = "constant"  # sd-scripts' default
+    lr_warmup_steps: Annotated[int, Range(0, 10**8)] = 0
+    max_grad_norm: Annotated[float, Range(0.0, 1e6)] = 1.0  # 0 disables clipping
+
+
+@dataclass
+class TrainingSection:
+    """Objective and loop length."""
+
+    max_train_steps: Steps = 1600  # optimizer steps (sd-scripts' default)
+    gradient_accumulation_steps: Annotated[int, Range(1, 4096)] = 1
+    seed: int = 0
+    min_snr_gamma: Annotated[float, Range(0.0, 1000.0)] = 0.0  # 0 = off; 5 is the paper's value
+    noise_offset: Annotated[float, Range(0.0, 1.0)] = 0.0
+    min_timestep: Annotated[int, Range(0, 1000)] = 0
+    max_timestep: Annotated[int, Range(1, 1000)] = 1000
+    mixed_precision: Annotated[str, Choice("no", "bf16")] = "no"  # bf16: autocast of the forward pass
+    gradient_checkpointing: bool = False
+    threads: Annotated[int, Range(0, 1024)] = 0  # torch intra-op threads (0: torch's default)
+
+    def checks(self) -> list[tuple[str, str, str]]:
+        if self.min_timestep >= self.max_timestep:
+            return [("min_timestep", f"not below max_timestep={self.max_timestep}", "lower min_timestep")]
+        return []
+
+
+@dataclass
+class SamplingSection:
+    """Sample images during training from an sd-scripts prompt file."""
+
+    prompts: str | None = None  # sd-scripts prompt file (.txt: --n --w --h --d --s --l)
+    every_n_steps: EveryN = 0
+    sampler: Annotated[str, Choice("euler", "ddim")] = "euler"
+
+
+@dataclass
+class SavingSection:
+    """Where and how often the run writes checkpoints."""
+
+    output_dir: str = "runs/lora"
+    output_name: str = "lora"
+    save_every_n_steps: EveryN = 0  # 0 = only at the end
+    save_last_k: Annotated[int, Range(1, 10**6)] = 3  # resumable states and LoRA files kept
+
+
+@dataclass
+class LoggingSection:
+    """Metrics and validation."""
+
+    log_every_n_steps: Annotated[int, Range(1, 10**6)] = 10
+    validate_every_n_steps: EveryN = 0  # 0: at every save (when a validation split is set)
+    validation_timesteps: tuple[int, ...] = (200, 400, 600, 800)  # sd-scripts: linspace(min, max, 6)[1:-1]
+    progress_bar: bool = True
+    tensorboard: bool = False  # event files in RUN_DIR/tensorboard; needs the tensorboard package
+
+
+@dataclass
+class TrainConfig:
+    """A whole run."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    dataset: DatasetSection = field(default_factory=DatasetSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
+    sampling: SamplingSection = field(default_factory=SamplingSection)
+    saving: SavingSection = field(default_factory=SavingSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (["section", "key"], value); the value is TOML, else a bare string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set training.max_train_steps=100")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each ``section.key=value`` in the parsed TOML ``data`` (unknown sections name the nearest)."""
+    sections = {f.name for f in dataclasses.fields(TrainConfig)}
+    for text in overrides:
+        path, value = parse_override(text)
+        if len(path) != 2:
+            raise ConfigError(f"--set {text!r}: the key must be section.key, e.g. optimizer.unet_lr")
+        if path[0] not in sections:
+            raise ConfigError(unknown_key_message(path[0], sections, "--set"))
+        data.setdefault(path[0], {})[path[1]] = value
+    return data
+
+
+def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """Read, override and check a trainer TOML; a kohya dataset TOML in ``[dataset] path`` fills the dataset keys."""
+    data = apply_overrides(read_toml(path), list(overrides))
+    cfg = from_dict(TrainConfig, data, where=str(path))
+    if not cfg.dataset.path:
+        raise ConfigError(f'{path}: [dataset] path is not set; set path = "folder/of/N_name/subfolders"')
+    ds_path = Path(cfg.dataset.path)
+    if not ds_path.is_absolute() and not ds_path.exists() and (Path(path).parent / ds_path).exists():
+        cfg.dataset.path = str(Path(path).parent / ds_path)
+    if cfg.dataset.path.endswith(".toml"):
+        cfg.dataset = merge_kohya_dataset(cfg.dataset, Path(cfg.dataset.path), set_here=data.get("dataset", {}))
+    return cfg
+
+
+KOHYA_DATASET_KEYS = ("resolution", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
+                      "bucket_no_upscale", "batch_size", "validation_split", "validation_seed", "flip_aug")
+
+
+def merge_kohya_dataset(section: DatasetSection, toml_path: Path, set_here: dict[str, Any]) -> DatasetSection:
+    """Take the first ``[[datasets]]`` settings (then ``[general]``) of a kohya TOML, unless set in our TOML.
+
+    The caption settings stay per subset (the data room resolves them); one parser reads the file
+    (:class:`sdxl_probe.data.kohya_toml.KohyaDatasetToml`).
+    """
+    from sdxl_probe.config import load_config
+    from sdxl_probe.data.kohya_toml import KohyaDatasetToml
+
+    if not toml_path.is_file():
+        return section  # the data room names the missing file
+    spec = load_config(KohyaDatasetToml, toml_path)
+    first = spec.datasets[0] if spec.datasets else None
+    values = {}
+    for key in KOHYA_DATASET_KEYS:
+        if key in set_here:
+            continue
+        for layer in (first, spec.general):
+            value = getattr(layer, key, None) if layer is not None else None
+            if value is not None:
+                values[key] = value[0] if key == "resolution" and isinstance(value, list) else value
+                break
+    merged = from_dict(DatasetSection, {**dataclasses.asdict(section), **values}, where=f"{toml_path} [[datasets]]")
+    return merged
+
+
+def load_run_config(run_dir: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """The resolved config a run saved (``RUN_DIR/config.json``), for ``--resume`` without a TOML."""
+    import json
+
+    path = Path(run_dir) / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot read the run's config ({e}); pass the run's TOML as CONFIG") from None
+    return from_dict(TrainConfig, apply_overrides(data, list(overrides)), where=str(path))
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    """The resolved config as TOML text (unset values as comments), for ``--print-config``."""
+    import json
+
+    lines = []
+    for section in dataclasses.fields(cfg):
+        lines.append(f"[{section.name}]")
+        for key, value in dataclasses.asdict(getattr(cfg, section.name)).items():
+            if value is None:
+                lines.append(f"# {key} = (unset)")
+            else:
+                lines.append(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}")
+        lines.append("")
+    return "\n".join(lines)

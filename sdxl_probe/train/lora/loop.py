@@ -1,0 +1,366 @@
+"""The LoRA training loop, read top to bottom: :func:`setup` builds the parts, :func:`train` runs the loop.
+
+Objective: epsilon prediction on the model's own DDPM schedule (Ho et al. 2020), optionally
+weighted by min(SNR, gamma) / SNR (Hang et al. 2023, diffusers ``compute_snr``), with sd-scripts'
+noise offset (``noise + offset * randn(B, C, 1, 1)``). AdamW and diffusers' ``get_scheduler``.
+
+Determinism: every micro-step draws its images (:class:`~sdxl_probe.train.lora.data.BatchOrder`),
+flips, caption randomness, noise, timesteps and LoRA dropout from generators derived from
+(seed, micro-step) alone (:func:`sdxl_probe.train.toy_recipe.data.step_rng`), so the resumable
+state is just weights, AdamW moments and the LR schedule (no pickle, no RNG snapshots), and a
+resumed run equals an uninterrupted one bit for bit on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdxl_probe.errors import ProbeError
+from sdxl_probe.pipeline.conditioning import encode_with, predict_noise, time_ids
+from sdxl_probe.pipeline.noising import add_noise, seeded_noise, training_scheduler
+from sdxl_probe.pipeline.vae import encode_images
+from sdxl_probe.text.captions import CaptionOptions, process_caption
+from sdxl_probe.train.lora import checkpoints
+from sdxl_probe.train.lora.caches import LatentCache, TextCache, build_text_cache, check_text_cache
+from sdxl_probe.train.lora.config import TrainConfig
+from sdxl_probe.train.lora.data import (
+    BatchOrder,
+    Buckets,
+    TrainImage,
+    check_buckets,
+    load_pixels,
+    micro_conditioning,
+    read_images,
+    split_validation,
+)
+from sdxl_probe.train.lora.network import LoraNetwork, build_network
+from sdxl_probe.train.state import TrainingStopped, graceful_stop
+from sdxl_probe.train.toy_recipe.data import step_rng
+
+
+class TrainingDiverged(ProbeError):
+    """The loss became NaN or inf; the last good checkpoint was left as it was."""
+
+
+@dataclass
+class Run:
+    """Everything :func:`train` needs, built by :func:`setup`."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    components: Any
+    images: list[TrainImage]
+    train_idx: list[int]
+    val_idx: list[int]
+    order: BatchOrder
+    latents: LatentCache | None
+    text: TextCache | None
+    network: LoraNetwork
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    noise_scheduler: Any
+    device: torch.device
+    start_step: int
+    started_at: float
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def setup(cfg: TrainConfig, run_dir: Path, *, resume: bool, log=print, components=None) -> Run:
+    """Build model, data, caches, network, optimizer and schedule; restore the latest state when resuming.
+
+    Args:
+        components: already-loaded components (tests); None loads ``[model] source`` in fp32.
+    """
+    from diffusers.optimization import get_scheduler
+
+    from sdxl_probe.pipeline.checks import size_multiple
+
+    t = cfg.training
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    buckets = Buckets(cfg.dataset.resolution, cfg.dataset.enable_bucket, cfg.dataset.min_bucket_reso,
+                      cfg.dataset.max_bucket_reso, cfg.dataset.bucket_reso_steps, cfg.dataset.bucket_no_upscale)  # fmt: skip
+    if components is None:
+        from sdxl_probe.models.load import load_components, read_configs
+
+        configs = read_configs(cfg.model.source, allow_pickle=cfg.model.allow_pickle)
+        check_buckets(buckets, size_multiple(configs["unet"], configs["vae"]))  # before any weight loads
+        images = _images(cfg, buckets, log)
+        components = load_components(cfg.model.source, dtype=torch.float32, allow_pickle=cfg.model.allow_pickle)
+    else:
+        check_buckets(buckets, size_multiple(dict(components.unet.config), dict(components.vae.config)))
+        images = _images(cfg, buckets, log)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    components.to(device=device)
+    train_idx, val_idx = split_validation(len(images), cfg.dataset.validation_split, cfg.dataset.validation_seed)
+    order = BatchOrder(images, train_idx, cfg.dataset.batch_size, t.seed)
+    latents = _latent_cache(cfg, run_dir, components, images, log)
+    text = _text_cache(cfg, components, images, log)
+    n = cfg.network
+    network = build_network(components, preset=n.target, dim=n.dim, alpha=n.alpha, dropout=n.dropout,
+                            conv_dim=n.conv_dim, conv_alpha=n.conv_alpha, train_unet=n.train_unet,
+                            train_te1=n.train_text_encoder_1, train_te2=n.train_text_encoder_2, seed=t.seed)  # fmt: skip
+    if not network.params:
+        raise ProbeError("[network] trains nothing: set train_unet, train_text_encoder_1 or train_text_encoder_2")
+    if t.gradient_checkpointing:
+        components.unet.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(_param_groups(cfg, network), betas=tuple(cfg.optimizer.betas),
+                                  eps=cfg.optimizer.eps, weight_decay=cfg.optimizer.weight_decay)  # fmt: skip
+    lr_scheduler = get_scheduler(cfg.optimizer.lr_scheduler, optimizer, num_warmup_steps=cfg.optimizer.lr_warmup_steps,
+                                 num_training_steps=t.max_train_steps)  # fmt: skip
+    start = 0
+    if resume:
+        start = checkpoints.restore(run_dir, network, components, optimizer, lr_scheduler, cfg, log)
+    return Run(cfg, run_dir, components, images, train_idx, val_idx, order, latents, text, network, optimizer,
+               lr_scheduler, training_scheduler(components.scheduler.config), device, start, time.time())  # fmt: skip
+
+
+def _images(cfg: TrainConfig, buckets: Buckets, log) -> list[TrainImage]:
+    d = cfg.dataset
+    settings = {f.name: getattr(d, f.name) for f in dataclasses.fields(CaptionOptions)}
+    return read_images(d.path, caption_extension=d.caption_extension, caption_settings=settings, buckets=buckets,
+                       on_bad_image=d.on_bad_image, log=log)  # fmt: skip
+
+
+def _latent_cache(cfg: TrainConfig, run_dir: Path, components, images: list[TrainImage], log) -> LatentCache | None:
+    """Fill the latent cache for every (image, flip) training can draw; None when caching is off."""
+    mode = cfg.dataset.cache_latents
+    if mode == "none":
+        return None
+    folder = Path(cfg.dataset.cache_dir or run_dir / "latent_cache") if mode == "disk" else None
+    cache = LatentCache(components, folder)
+    for im in images:
+        for flipped in (False, True) if cfg.dataset.flip_aug else (False,):
+            cache.get(im, flipped)
+    log(f"latent cache ({mode}): {len(cache.memory)} entries, {cache.encoded} encoded now")
+    return cache
+
+
+def _text_cache(cfg: TrainConfig, components, images: list[TrainImage], log) -> TextCache | None:
+    d, n = cfg.dataset, cfg.network
+    if not d.cache_text_encoder_outputs:
+        return None
+    check_text_cache(images, d.cache_text_variants, n.train_text_encoder_1 or n.train_text_encoder_2)
+    cache = build_text_cache(components.text_encoder, components.text_encoder_2, images,
+                             n_variants=d.cache_text_variants, seed=cfg.training.seed,
+                             model_max_length=components.tokenizer.model_max_length,
+                             max_token_length=_mtl(cfg), weighted=d.weighted_captions)  # fmt: skip
+    log(f"text-encoder cache: {sum(len(c) for c in cache.captions)} encoded captions for {len(images)} images")
+    return cache
+
+
+def _param_groups(cfg: TrainConfig, network: LoraNetwork) -> list[dict]:
+    lrs = {"unet": cfg.optimizer.unet_lr, "text_encoder": cfg.optimizer.text_encoder_1_lr,
+           "text_encoder_2": cfg.optimizer.text_encoder_2_lr}  # fmt: skip
+    return [{"params": ps, "lr": lrs[name], "name": name} for name, ps in network.params.items()]
+
+
+def _mtl(cfg: TrainConfig) -> int | None:
+    return None if cfg.dataset.max_token_length == 75 else cfg.dataset.max_token_length
+
+
+# ----------------------------------------------------------------------------- batch parts
+
+
+def batch_latents(run: Run, idx: list[int], flips: list[bool]) -> torch.Tensor:
+    """(B, C, h, w) scaled latents of the batch, from the cache or the VAE."""
+    if run.latents is not None:
+        return torch.stack([run.latents.get(run.images[i], f) for i, f in zip(idx, flips, strict=True)])
+    import numpy as np
+
+    pixels = np.stack([load_pixels(run.images[i], f) for i, f in zip(idx, flips, strict=True)])  # (B, H, W, 3)
+    return encode_images(run.components, pixels).float().cpu()
+
+
+def batch_time_ids(run: Run, idx: list[int], flips: list[bool]) -> torch.Tensor:
+    """(B, 6) SDXL micro-conditioning: true original size, crop top-left, bucket size."""
+    rows = []
+    for i, f in zip(idx, flips, strict=True):
+        original, crop = micro_conditioning(run.images[i], f)
+        rows.append(time_ids(1, *run.images[i].bucket, original=original, crop=crop))
+    return torch.cat(rows)
+
+
+def batch_conditioning(run: Run, idx: list[int], rng, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Context (B, L, D) and pooled (B, P): a cached variant, or the caption pipeline then both encoders."""
+    if run.text is not None:
+        context, pooled, _ = run.text.draw(idx, rng)
+        return context.to(run.device), pooled.to(run.device)
+    captions = [process_caption(run.images[i].caption, run.images[i].options, rng, epoch=epoch + 1, step=step,
+                                max_train_steps=run.cfg.training.max_train_steps) for i in idx]  # fmt: skip
+    c = run.components
+    enc = encode_with(c.text_encoder, c.text_encoder_2, captions, model_max_length=c.tokenizer.model_max_length,
+                      max_token_length=_mtl(run.cfg), weighted=run.cfg.dataset.weighted_captions)  # fmt: skip
+    return enc.context, enc.pooled
+
+
+def epsilon_loss(pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, noise_scheduler, gamma: float) -> torch.Tensor:
+    """Mean over the batch of the per-sample MSE, weighted min(SNR, gamma) / SNR when gamma > 0."""
+    from diffusers.training_utils import compute_snr
+
+    per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    if gamma > 0:
+        snr = compute_snr(noise_scheduler, t)
+        per_sample = per_sample * torch.clamp(snr, max=gamma) / snr
+    return per_sample.mean()
+
+
+def validation_loss(run: Run) -> float | None:
+    """Mean MSE on the held-out images at fixed (timestep, noise) pairs (sd-scripts: t = 200..800)."""
+    if not run.val_idx:
+        return None
+    c, losses = run.components, []
+    with torch.no_grad(), eval_mode(c):  # no LoRA dropout: the same number for the same weights
+        for i in run.val_idx:
+            im = run.images[i]
+            x0 = batch_latents(run, [i], [False]).to(run.device)  # (1, C, h, w)
+            opts = CaptionOptions(caption_prefix=im.options.caption_prefix, caption_suffix=im.options.caption_suffix)
+            caption = process_caption(im.caption, opts, rng=None)  # deterministic: prefix and suffix only
+            enc = encode_with(c.text_encoder, c.text_encoder_2, [caption], model_max_length=c.tokenizer.model_max_length,
+                              max_token_length=_mtl(run.cfg), weighted=run.cfg.dataset.weighted_captions)  # fmt: skip
+            tids = batch_time_ids(run, [i], [False]).to(run.device)
+            for t_val in run.cfg.logging.validation_timesteps:
+                noise = seeded_noise(tuple(x0.shape), seed=hash_seed(run.cfg.training.seed, i, t_val), like=x0)
+                t = torch.tensor([t_val], device=run.device)
+                pred = predict_noise(c.unet, add_noise(run.noise_scheduler, x0, noise, t), t, context=enc.context,
+                                     pooled=enc.pooled, tids=tids).float()  # fmt: skip
+                losses.append((pred - noise).pow(2).mean().item())
+    return sum(losses) / len(losses)
+
+
+@contextmanager
+def eval_mode(components) -> Iterator[None]:
+    """Every network in eval mode for the block (no dropout), then back to its training mode."""
+    modes = {name: m.training for name, m in components.models()}
+    for _, m in components.models():
+        m.eval()
+    try:
+        yield
+    finally:
+        for name, m in components.models():
+            m.train(modes[name])
+
+
+def hash_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes, unlike ``hash``)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, log=print, components=None) -> Path:
+    """Train the LoRA; returns the final kohya file. Ctrl-C/SIGTERM save state, then raise TrainingStopped.
+
+    A second process training into the same ``run_dir`` is refused (a lock beside it names the pid).
+    """
+    from sdxl_probe.outputs import hold_lock
+
+    with hold_lock(Path(run_dir), option="[saving] output_dir"):
+        return _train(cfg, Path(run_dir), resume=resume, log=log, components=components)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, log, components) -> Path:
+    """The loop (see the module docstring): setup, then one optimizer step per iteration."""
+    tensorboard = checkpoints.tensorboard_writer(cfg.logging.tensorboard, run_dir)  # before any model loads
+    run = setup(cfg, run_dir, resume=resume, log=log, components=components)
+    checkpoints.write_run_files(run, fresh=not resume)
+    t, seed, accum = cfg.training, cfg.training.seed, cfg.training.gradient_accumulation_steps
+    unet, params = run.components.unet, run.network.all_params()
+    for _, model in run.components.models():
+        model.train(any(p.requires_grad for p in model.parameters()))
+    step, last_saved = run.start_step, run.start_step
+    bar = _progress(cfg, step)
+    t0 = time.time()
+    with graceful_stop() as stop:
+        while step < t.max_train_steps:
+            loss_sum = 0.0
+            for a in range(accum):
+                m = step * accum + a  # global micro-step: the key of every random draw below
+                rng, gen = step_rng(seed, "lora", m)
+                torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # LoRA dropout
+                epoch, idx = run.order.at(m)
+                flips = [cfg.dataset.flip_aug and rng.random() < 0.5 for _ in idx]
+                x0 = batch_latents(run, idx, flips)  # (B, C, h, w)
+                noise = torch.randn(x0.shape, generator=gen)
+                if t.noise_offset:
+                    noise = noise + t.noise_offset * torch.randn((*x0.shape[:2], 1, 1), generator=gen)
+                timesteps = torch.randint(t.min_timestep, t.max_timestep, (len(idx),), generator=gen)
+                x0, noise, timesteps = x0.to(run.device), noise.to(run.device), timesteps.to(run.device)
+                xt = add_noise(run.noise_scheduler, x0, noise, timesteps)
+                with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=t.mixed_precision == "bf16"):
+                    context, pooled = batch_conditioning(run, idx, rng, epoch, step)  # (B, L, D), (B, P)
+                    tids = batch_time_ids(run, idx, flips).to(run.device)  # (B, 6)
+                    pred = predict_noise(unet, xt, timesteps, context=context, pooled=pooled, tids=tids).float()
+                loss = epsilon_loss(pred, noise, timesteps, run.noise_scheduler, t.min_snr_gamma)
+                if not torch.isfinite(loss):
+                    raise TrainingDiverged(checkpoints.divergence_message(run, step, m, loss, timesteps, last_saved))
+                (loss / accum).backward()
+                loss_sum += loss.item() / accum
+            grad_norm = None
+            if cfg.optimizer.max_grad_norm > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optimizer.max_grad_norm))
+            run.optimizer.step()
+            run.lr_scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            step += 1
+            record = {"step": step, "epoch": epoch + 1, "loss": loss_sum, "lr": run.lr_scheduler.get_last_lr()[0],
+                      "grad_norm": grad_norm}  # fmt: skip
+            if _due(step, cfg.logging.validate_every_n_steps or cfg.saving.save_every_n_steps, t.max_train_steps):
+                record["val_loss"] = validation_loss(run)
+            checkpoints.append_metrics(run.run_dir, record)
+            checkpoints.log_tensorboard(tensorboard, record)
+            _show(bar, log, record, step, t.max_train_steps, cfg.logging.log_every_n_steps, t0, run.start_step)
+            if _due(step, cfg.sampling.every_n_steps, t.max_train_steps) and cfg.sampling.prompts:
+                checkpoints.write_samples(run, step)
+            if stop.requested or _due(step, cfg.saving.save_every_n_steps, t.max_train_steps):
+                checkpoints.save(run, step, epoch + 1)
+                last_saved = step
+            if stop.requested and step < t.max_train_steps:
+                raise TrainingStopped(f"stopped at step {step}; state saved in {run.run_dir}; continue with "
+                                      f"`sdxl-probe train CONFIG --resume {run.run_dir}`")  # fmt: skip
+    if bar is not None:
+        bar.close()
+    return checkpoints.finish(run, step)
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def _progress(cfg: TrainConfig, start: int):
+    if not cfg.logging.progress_bar:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.training.max_train_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _show(bar, log, record: dict, step: int, total: int, every: int, t0: float, start: int) -> None:
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+    elif step % every == 0 or step == total:
+        rate = (step - start) / max(time.time() - t0, 1e-9)
+        left = (total - step) / max(rate, 1e-9)
+        val = f" val {record['val_loss']:.4f}" if record.get("val_loss") is not None else ""
+        log(f"step {step}/{total} loss {record['loss']:.4f}{val} lr {record['lr']:.2e} "
+            f"{rate:.2f} step/s, {left:.0f}s left")  # fmt: skip
+
+
+def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as saved next to the run (JSON-ready)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
