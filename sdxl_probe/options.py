@@ -185,9 +185,13 @@ def check_object(obj: Any, label: Callable[[str], str], fix: Callable[[str, str]
         raise ConfigError(f"{label(name)} {_show(getattr(obj, name))}: {problem}; {fix_text}")
 
 
+# Fields that are part of another option's value, by the spelling a user typed.
+FLAG_SPELLINGS = {"lora_weight": "--lora FILE:weight"}
+
+
 def flag(name: str) -> str:
     """The command-line spelling of a field: ``n_prompts`` -> ``--n-prompts``."""
-    return "--" + name.replace("_", "-")
+    return FLAG_SPELLINGS.get(name, "--" + name.replace("_", "-"))
 
 
 def gate(cls: type[T], /, **values: Any) -> T:

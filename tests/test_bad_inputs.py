@@ -49,6 +49,7 @@ def d(tmp_path_factory) -> Path:
 
     d = tmp_path_factory.mktemp("bad")
     (d / "afile").write_text("not a folder\n")
+    (d / "badopt.txt").write_text("a cat --q 3\n", encoding="utf-8")
     ds = d / "ds" / "1_x"
     ds.mkdir(parents=True)
     for i in range(2):
@@ -145,6 +146,14 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
     ("gen-seed-neg", "generate x --out {d}/g.png --seed -1", ("--seed", "-1", "too small")),
     ("gen-width-small", "generate x --out {d}/g.png --width 7", ("--width", "7", "[8, 8192]")),
     ("gen-height-huge", "generate x --out {d}/g.png --height 100000", ("--height", "100000", "too large")),
+    ("gen-lora-weight", "generate x --out {d}/g.png --lora {d}/l.safetensors:99", ("--lora FILE:weight", "99", "[-10, 10]")),
+    ("gen-lora-missing", "generate x --out {d}/g.png --lora {d}/l.safetensors:0.5", ("l.safetensors", "file not found")),
+    ("gen-n0", "generate x --out {d}/a --n 0", ("--n", " 0:", "[1, 1000]")),
+    ("gen-n-png", "generate x --out {d}/g.png --n 2", ("g.png", "give a folder path")),
+    ("gen-no-prompt", "generate --out {d}/a", ("PROMPT", "--prompt-file")),
+    ("gen-prompt-file-missing", "generate --prompt-file {d}/none.txt --out {d}/a", ("none.txt", "cannot read the prompt file")),
+    ("gen-prompt-file-option", "generate --prompt-file {d}/badopt.txt --out {d}/a", ("unknown option --q", "--n --w --h")),
+    ("attn-gen-lora-missing", "attention generate x --out {d}/a --lora {d}/l.safetensors", ("l.safetensors", "file not found")),
     ("gen-mtl", "generate x --out {d}/g.png --max-token-length 76", ("--max-token-length", "76", "75, 150, 225")),
     ("gen-sampler", "generate x --out {d}/g.png --sampler foo", ("--sampler", "foo", "euler", "ddim")),
     ("gen-out-folder", "generate x --out {d}/img", ("--out", "is a folder", "give a file path")),

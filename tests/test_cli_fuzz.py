@@ -151,6 +151,12 @@ def d(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def in_scratch_folder(tmp_path, monkeypatch):
+    """Relative ``--out`` values (drawn as "" or ".") land in a scratch folder, never in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
 def stop_before_heavy_work(monkeypatch):
     """Model loads and dataset rendering raise Reached: the fuzz checks the boundary, not the models.
 

@@ -340,3 +340,56 @@ def test_read_tensors_mapped_copied_and_misaligned(tmp_path):
             assert all(torch.equal(got[k], tensors[k]) for k in got)
         cast = read_tensors(header, ["a"], torch.float16, mmap=True)["a"]
         assert cast.dtype == torch.float16 and torch.equal(cast.float(), tensors["a"])
+
+
+def _kohya_lora(tmp_path, alpha_dtype):
+    """A hand-made kohya LoRA: 3 UNet modules (SGM names) at rank 4, 2 TE1 at rank 8, 1 TE2 at rank 4."""
+    modules = [("lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k", 4, 2.0),
+               ("lora_unet_output_blocks_0_1_transformer_blocks_0_attn1_to_q", 4, 2.0),
+               ("lora_unet_middle_block_1_transformer_blocks_0_ff_net_2", 4, 2.0),
+               ("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", 8, 1.0),
+               ("lora_te1_text_model_encoder_layers_0_self_attn_out_proj", 8, 1.0),
+               ("lora_te2_text_model_encoder_layers_1_mlp_fc1", 4, 0.5)]  # fmt: skip
+    tensors = {}
+    for name, rank, alpha in modules:
+        tensors |= {f"{name}.lora_down.weight": torch.zeros(rank, 16), f"{name}.lora_up.weight": torch.zeros(16, rank),
+                    f"{name}.alpha": torch.tensor(alpha, dtype=alpha_dtype)}  # fmt: skip
+    meta = {"ss_network_module": "networks.lora", "ss_network_dim": "4", "ss_network_alpha": "2.0",
+            "ss_base_model_version": "sdxl_base_v1-0", "ss_tag_frequency": "x" * 500, "modelspec.title": "t"}
+    save_file(tensors, str(tmp_path / "lora.safetensors"), metadata=meta)
+    return tmp_path / "lora.safetensors"
+
+
+@pytest.mark.parametrize("alpha_dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_model_info_describes_a_lora_without_torch(tmp_path, alpha_dtype):
+    from sdxl_probe.cli import app
+
+    path = _kohya_lora(tmp_path, alpha_dtype)
+    result = CliRunner().invoke(app, ["model", "info", str(path)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "kohya (SGM UNet names)" in out and "SDXL (two text encoders)" in out
+    assert "rank 4, 8" in out and "alpha 0.5, 1, 2" in out and "unet 3, te1 2, te2 1" in out
+    assert "ss_network_module = networks.lora" in out and "ss_base_model_version = sdxl_base_v1-0" in out
+    assert "(500 chars)" in out and "modelspec.title" not in out
+    code = ("import sys; from sdxl_probe.models.lora_info import read_if_lora; "
+            f"info = read_if_lora({str(path)!r}); print(info.ranks); assert 'torch' not in sys.modules")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "[4, 8]", run.stderr
+
+
+def test_model_info_names_an_sd15_lora_and_diffusers_format(tmp_path):
+    from sdxl_probe.models.lora_info import read_if_lora
+
+    save_file({"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(2, 4),
+               "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(4, 2)},
+              str(tmp_path / "sd15.safetensors"))  # fmt: skip
+    info = read_if_lora(str(tmp_path / "sd15.safetensors"))
+    assert info.targets == {"te": 1} and "not an SDXL LoRA" in info.architecture and info.alphas == []
+    save_file({"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": torch.zeros(3, 4),
+               "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight": torch.zeros(4, 3),
+               "text_encoder_2.text_model.encoder.layers.0.mlp.fc1.lora_A.weight": torch.zeros(3, 4),
+               "text_encoder_2.text_model.encoder.layers.0.mlp.fc1.lora_B.weight": torch.zeros(4, 3)},
+              str(tmp_path / "peft.safetensors"))  # fmt: skip
+    info = read_if_lora(str(tmp_path / "peft.safetensors"))
+    assert info.format == "diffusers/peft" and info.targets == {"unet": 1, "te2": 1} and info.ranks == [3]

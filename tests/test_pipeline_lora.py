@@ -50,8 +50,8 @@ def kohya_name(components, model: str, path: str, unet_style: str) -> str:
     return prefix + path.replace(".", "_")
 
 
-def write_lora(components, path, unet_style: str) -> dict[tuple[str, str], torch.Tensor]:
-    """Write a LoRA file; return each target's expected weight ``W + alpha/r * up @ down``."""
+def write_lora(components, path, unet_style: str, weight: float = 1.0) -> dict[tuple[str, str], torch.Tensor]:
+    """Write a LoRA file; return each target's expected weight ``W + weight * alpha/r * up @ down``."""
     from safetensors.torch import save_file
 
     gen = torch.Generator().manual_seed(0)
@@ -64,7 +64,7 @@ def write_lora(components, path, unet_style: str) -> dict[tuple[str, str], torch
         name = kohya_name(components, model, module_path, unet_style)
         tensors |= {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
                     f"{name}.alpha": torch.tensor(ALPHA)}
-        expected[(model, module_path)] = linear.weight.detach() + (ALPHA / RANK) * up @ down
+        expected[(model, module_path)] = linear.weight.detach() + weight * (ALPHA / RANK) * up @ down
     save_file(tensors, str(path))
     return expected
 
@@ -95,6 +95,98 @@ def test_kohya_lora_acts_as_the_formula_and_unloads(components, tmp_path, unet_s
         module = getattr(components, model).get_submodule(module_path)
         assert type(module) is torch.nn.Linear, f"{model}.{module_path} still wrapped: {type(module)}"
         torch.testing.assert_close(effective(module), before[(model, module_path)], atol=0, rtol=0)
+
+
+def test_weight_scales_the_delta(components, tmp_path):
+    expected = write_lora(components, tmp_path / "lora.safetensors", "sgm", weight=0.5)
+    with lora_loaded(components, tmp_path / "lora.safetensors", weight=0.5):
+        for model, module_path in TARGETS:
+            got = effective(getattr(components, model).get_submodule(module_path))
+            torch.testing.assert_close(got, expected[(model, module_path)], atol=1e-5, rtol=1e-5)
+
+
+def test_parse_lora_spec():
+    from pathlib import Path
+
+    from sdxl_probe.pipeline.lora import parse_lora_spec
+
+    assert parse_lora_spec("a/b.safetensors") == (Path("a/b.safetensors"), 1.0)
+    assert parse_lora_spec("a/b.safetensors:0.5") == (Path("a/b.safetensors"), 0.5)
+    assert parse_lora_spec("C:/x.safetensors") == (Path("C:/x.safetensors"), 1.0)
+
+
+def _patched_folder(components, expected, folder):
+    """The oracle model: the LoRA merged by hand into a copy's weights, saved as a diffusers folder."""
+    from sdxl_probe.models.folder import save_folder
+
+    merged = copy.deepcopy(components)
+    for (model, module_path), weight in expected.items():
+        getattr(merged, model).get_submodule(module_path).weight.data.copy_(weight)
+    return save_folder(merged, folder)
+
+
+def test_generate_lora_equals_hand_merged_model(components, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from sdxl_probe.cli import app
+    from sdxl_probe.models.folder import save_folder
+
+    base = save_folder(components, tmp_path / "base")
+    full = _patched_folder(components, write_lora(components, tmp_path / "lora.safetensors", "sgm"), tmp_path / "full")
+    expected = write_lora(components, tmp_path / "lora.safetensors", "sgm", weight=0.5)
+    merged = _patched_folder(components, expected, tmp_path / "merged")
+    run = ["generate", "red circle", "--seed", "1", "--steps", "2", "--dtype", "fp32"]
+    outs = {}
+    for name, extra in [("lora", ["--model", str(base), "--lora", f"{tmp_path / 'lora.safetensors'}:0.5"]),
+                        ("merged", ["--model", str(merged)]), ("base", ["--model", str(base)]),
+                        ("full", ["--model", str(full)])]:  # fmt: skip
+        r = CliRunner().invoke(app, [*run, *extra, "--out", str(tmp_path / f"{name}.png")])
+        assert r.exit_code == 0, r.output
+        outs[name] = np.asarray(Image.open(tmp_path / f"{name}.png"), dtype=np.int16)
+    off = {n: np.abs(outs["lora"] - outs[n]) for n in ("merged", "base", "full")}
+    assert off["merged"].max() <= 1  # fp32: Wx + dWx and (W + dW)x differ only in rounding
+    assert off["base"].mean() > 1 and off["full"].mean() > 1
+
+
+def test_attention_generate_lora_equals_hand_merged_model(components, tmp_path):
+    from typer.testing import CliRunner
+
+    from sdxl_probe.commands.attention import attention_app
+    from sdxl_probe.models.folder import save_folder
+    from sdxl_probe.probes.attention.result import AttentionResult
+
+    base = save_folder(components, tmp_path / "base")
+    expected = write_lora(components, tmp_path / "lora.safetensors", "sgm")
+    merged = _patched_folder(components, expected, tmp_path / "merged")
+    run = ["generate", "red circle", "--steps", "2", "--dtype", "fp32"]
+    for name, extra in [("lora", ["--model", str(base), "--lora", str(tmp_path / "lora.safetensors")]),
+                        ("merged", ["--model", str(merged)]), ("base", ["--model", str(base)])]:
+        r = CliRunner().invoke(attention_app, [*run, *extra, "--out", str(tmp_path / f"maps_{name}")])
+        assert r.exit_code == 0, r.output
+    maps = {n: AttentionResult.load(tmp_path / f"maps_{n}").token_maps for n in ("lora", "merged", "base")}
+    torch.testing.assert_close(maps["lora"], maps["merged"], atol=1e-3, rtol=1e-2)  # summation order only
+    assert (maps["lora"] - maps["base"]).abs().max() > 1e-2
+    assert AttentionResult.load(tmp_path / "maps_lora").settings["lora_weight"] == 1.0
+
+
+def test_generate_refuses_a_lora_for_another_architecture(components, tmp_path):
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from sdxl_probe.cli import app
+    from sdxl_probe.models.folder import save_folder
+
+    base = save_folder(components, tmp_path / "base")
+    save_file({"lora_unet_nothing_here_to_k.lora_down.weight": torch.zeros(2, 3),
+               "lora_unet_nothing_here_to_k.lora_up.weight": torch.zeros(3, 2)}, str(tmp_path / "x.safetensors"))
+    r = CliRunner().invoke(app, ["generate", "a", "--model", str(base), "--steps", "1",
+                                 "--lora", str(tmp_path / "x.safetensors"), "--out", str(tmp_path / "o.png")])
+    # the CLI entry point prints a ProbeError's one-line message and exits 2 (sdxl_probe.cli)
+    assert isinstance(r.exception, ModelLoadError), r.output
+    assert "x.safetensors" in str(r.exception) and "\n" not in str(r.exception)
+    assert not (tmp_path / "o.png").exists()
 
 
 def test_lora_for_another_architecture_is_refused(components, tmp_path):

@@ -121,7 +121,8 @@ def test_a_requested_logger_that_is_missing_fails_loudly(tmp_path):
         assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_cli_missing_dataset_is_one_line_before_any_model_loads(tmp_path):
+def test_cli_missing_dataset_is_one_line_before_any_model_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the second config keeps the default, relative output_dir
     from typer.testing import CliRunner
 
     from sdxl_probe.cli import app
@@ -136,3 +137,22 @@ def test_cli_missing_dataset_is_one_line_before_any_model_loads(tmp_path):
     bad_size.write_text(f'[dataset]\npath = "{tmp_path}"\nresolution = 72\n', encoding="utf-8")
     result = CliRunner().invoke(app, ["train", str(bad_size)])
     assert isinstance(result.exception, ProbeError) and "not a multiple of 16" in str(result.exception)
+
+
+def test_cli_device_without_cuda_is_one_line_before_any_model_loads(tmp_path, monkeypatch):
+    """Oracle: the devices torch reports here; an unavailable device is refused by the shared policy."""
+    import torch
+    from typer.testing import CliRunner
+
+    from sdxl_probe.cli import app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    path = tmp_path / "run.toml"
+    path.write_text(f'[dataset]\npath = "{tmp_path}"\nresolution = 64\n[training]\ndevice = "cuda"\n'
+                    f'[saving]\noutput_dir = "{tmp_path / "r"}"\n', encoding="utf-8")  # fmt: skip
+    result = CliRunner().invoke(app, ["train", str(path)])
+    assert isinstance(result.exception, ProbeError), result.output
+    message = str(result.exception)
+    assert "[training] device" in message and "CUDA is not available" in message and "cpu" in message
+    assert "\n" not in message

@@ -88,16 +88,25 @@ def generate(
     heads: str | None = _HEADS,
     resolutions: str | None = _RESOLUTIONS,
     include_mid: bool = _INCLUDE_MID,
+    lora: str | None = typer.Option(
+        None, "--lora", help="A LoRA .safetensors as FILE[:weight] (kohya, SGM or diffusers), applied to the maps."
+    ),
     device: str = device_option(),
     dtype: str = dtype_option(),
 ) -> None:
     """Generate images and write a heat map for every token and every word."""
     from sdxl_probe.commands.attention_options import parse_ints
+    from sdxl_probe.errors import ProbeError
     from sdxl_probe.pipeline.checks import check_image_size, check_steps
+    from sdxl_probe.pipeline.lora import parse_lora_spec
     from sdxl_probe.probes.attention import core as attention
 
+    lora_path, lora_weight = parse_lora_spec(lora) if lora else (None, 1.0)
     _gate(out, seed=seed, steps=steps, guidance=guidance, height=height, width=width, max_token_length=max_token_length,
-          heads=parse_ints(heads, "--heads"), resolutions=parse_ints(resolutions, "--resolutions"))  # fmt: skip
+          heads=parse_ints(heads, "--heads"), resolutions=parse_ints(resolutions, "--resolutions"),
+          lora_weight=lora_weight)  # fmt: skip
+    if lora_path is not None and not lora_path.is_file():
+        raise ProbeError(f"--lora {lora_path}: file not found; pass the .safetensors written by the trainer")
     configs, precision = _open(model, device, dtype)
     check_steps(steps, configs["scheduler"])
     height, width = check_image_size(configs["unet"], configs["vae"], height, width)
@@ -105,7 +114,7 @@ def generate(
     components = _load(model, precision)
     result = attention.generate(components, prompt, height=height, width=width, steps=steps, guidance=guidance,
                                 seed=seed, max_token_length=max_token_length, options=options,
-                                release=True)  # fmt: skip
+                                release=True, lora=lora_path, lora_weight=lora_weight)  # fmt: skip
     _write(attention, result, out)
 
 
@@ -157,7 +166,8 @@ def inspect(
     check_image_size(configs["unet"], configs["vae"], int(images.shape[1]), int(images.shape[2]))
     components = _load(model, precision)
     result = attention.inspect(components, images, captions, timesteps=chosen, seed=seed,
-                               max_token_length=max_token_length, options=options, lora=lora)  # fmt: skip
+                               max_token_length=max_token_length, options=options, lora=lora,
+                               release=True)  # fmt: skip
     _write(attention, result, out)
 
 

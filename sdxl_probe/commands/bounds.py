@@ -23,6 +23,7 @@ Heads = Annotated[tuple[int, ...] | None, Range(0, 1023)]
 Factors = Annotated[tuple[int, ...] | None, Range(1, 64)]
 Separator = Annotated[str | None, Length(1, 16)]
 Extension = Annotated[str, Length(1, 32)]
+LoraWeight = Annotated[float, Range(-10.0, 10.0)]  # the :weight of --lora FILE[:weight]; 1 = as trained
 MAX_DATASET_BYTES = 16 * 2**30  # toy dataset pixels (images + masks, uncompressed)
 
 
@@ -64,6 +65,8 @@ class GenerateOptions:
     height: Pixels = None
     max_token_length: TokenLength = None
     sampler: Annotated[str, Choice("euler", "ddim")] = "euler"
+    lora_weight: LoraWeight = 1.0
+    n: Annotated[int, Range(1, 1000)] = 1  # images per prompt, one sampler batch
 
 
 @dataclass
@@ -80,6 +83,7 @@ class AttentionOptions:
     heads: Heads = None
     resolutions: Factors = None
     caption_ext: Extension = ".txt"
+    lora_weight: LoraWeight = 1.0
 
 
 @dataclass

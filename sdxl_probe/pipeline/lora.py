@@ -12,8 +12,24 @@ from sdxl_probe.errors import ModelLoadError
 ADAPTER_NAME = "sdxl_probe_attention"
 
 
+def parse_lora_spec(spec: str) -> tuple[Path, float]:
+    """``FILE[:weight]`` (as sd-scripts' ``--network_mul``) into (path, weight); weight 1.0 when absent.
+
+    A trailing ``:x`` is a weight only when ``x`` parses as a float, so paths with colons still work.
+    """
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            return Path(head), float(tail)
+        except ValueError:
+            pass
+    return Path(spec), 1.0
+
+
 @contextmanager
-def lora_loaded(components: Any, path: str | Path, adapter_name: str = ADAPTER_NAME) -> Iterator[list[str]]:
+def lora_loaded(
+    components: Any, path: str | Path, adapter_name: str = ADAPTER_NAME, weight: float = 1.0
+) -> Iterator[list[str]]:
     """Load a LoRA (kohya, SGM or diffusers key names) into the UNet and text encoders.
 
     Uses diffusers' ``StableDiffusionXLLoraLoaderMixin`` class methods, so the same key
@@ -23,6 +39,8 @@ def lora_loaded(components: Any, path: str | Path, adapter_name: str = ADAPTER_N
         components: ``SDXLComponents`` (unet, text_encoder, text_encoder_2 are modified in place).
         path: a ``.safetensors`` LoRA file.
         adapter_name: peft adapter name used while loaded.
+        weight: multiplier of the LoRA delta, ``W + weight * alpha/r * up @ down`` (sd-scripts'
+            ``--network_mul``, A1111's ``<lora:name:weight>``).
 
     Yields:
         The names of the models that received LoRA layers ("unet", "text_encoder", "text_encoder_2").
@@ -57,6 +75,8 @@ def lora_loaded(components: Any, path: str | Path, adapter_name: str = ADAPTER_N
         raise ModelLoadError(
             f"{path}: no LoRA layer matched this model's UNet or text encoders; check the base model"
         )
+    if weight != 1.0:
+        _scale(components, loaded, adapter_name, weight)
     try:
         yield loaded
     finally:
@@ -77,6 +97,16 @@ def _inject(pipe_cls: Any, components: Any, state: dict, alphas: Any, meta: Any,
             loaded.append(prefix)
 
 
+def _scale(components: Any, loaded: list[str], name: str, weight: float) -> None:
+    """Multiply the adapter's ``alpha / r`` scaling by ``weight`` in every LoRA layer of the loaded models."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    for attr in loaded:
+        for module in getattr(components, attr).modules():
+            if isinstance(module, LoraLayer):
+                module.set_scale(name, weight)
+
+
 def _has_peft(model: Any) -> bool:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -89,6 +119,8 @@ def _remove(components: Any, loaded: list[str], name: str, had_peft: dict[str, b
 
     for attr in loaded:
         model = getattr(components, attr)
+        if model is None:  # released by a one-shot run (``generate_images(release=True)``)
+            continue
         if had_peft[attr]:
             delete_adapter_layers(model, name)
         else:

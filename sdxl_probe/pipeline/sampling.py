@@ -164,17 +164,18 @@ def generate_images(
     with torch.no_grad():
         conditioning = [encode_pair(components, prompts[s : s + batch_size], negative, max_token_length=max_token_length,
                                     weighted=weighted, zero_negative=zero and negative == "") for s in starts]  # fmt: skip
-        _release(components, release, "text_encoder", "text_encoder_2")
+        if release:
+            release_parts(components, "text_encoder", "text_encoder_2")
         latents = [_denoise_chunk(components, context, pooled, noise[s : s + batch_size], steps=steps, cfg=cfg,
                                   height=height, width=width, sampler=sampler)
                    for s, (context, pooled) in zip(starts, conditioning, strict=True)]  # fmt: skip
-        _release(components, release, "unet")
+        if release:
+            release_parts(components, "unet")
         return np.concatenate([decode_latents(components, lat) for lat in latents])
 
 
-def _release(components: SDXLComponents, release: bool, *names: str) -> None:
-    """Drop networks the rest of a one-shot run does not need, so their memory returns."""
-    if release:
-        for name in names:
-            setattr(components, name, None)
-        trim_heap()
+def release_parts(components: SDXLComponents, *names: str) -> None:
+    """Drop networks the rest of a one-shot run does not need, so their memory returns to the OS."""
+    for name in names:
+        setattr(components, name, None)
+    trim_heap()

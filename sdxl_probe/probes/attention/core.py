@@ -20,6 +20,7 @@ import torch
 from sdxl_probe.errors import ProbeError
 from sdxl_probe.pipeline.checks import check_image_size
 from sdxl_probe.pipeline.device import precision_of
+from sdxl_probe.pipeline.sampling import release_parts
 from sdxl_probe.pipeline.vae import encode_images
 from sdxl_probe.probes.attention import heatmaps, metrics
 from sdxl_probe.probes.attention.capture import AttentionRecorder
@@ -32,7 +33,8 @@ REN_LAST_STEPS = 10  # Ren et al. D mode: mean entropy over the last 10 steps
 def generate(
     components: Any, prompts: list[str], *, height: int | None = None, width: int | None = None,
     steps: int = 25, guidance: float = 5.0, seed: int = 0, max_token_length: int | None = None,
-    options: CaptureOptions = CaptureOptions(), release: bool = False,
+    options: CaptureOptions = CaptureOptions(), release: bool = False, lora: str | Path | None = None,
+    lora_weight: float = 1.0,
 ) -> AttentionResult:  # fmt: skip
     """Generate images for ``prompts`` and record their cross-attention maps.
 
@@ -46,18 +48,23 @@ def generate(
         options: layer, head, step-window and resolution selection.
         release: drop the text encoders and UNet from ``components`` after their last use
             (``generate_images(release=True)``), for one-shot commands.
+        lora: optional LoRA file (kohya/SGM/diffusers), applied while encoding and sampling.
+        lora_weight: multiplier of the LoRA delta (``sdxl_probe.pipeline.lora.lora_loaded``).
 
     Returns:
         An AttentionResult with one condition, "generate".
     """
     height, width = _image_size(components, height, width)
-    enc = _encode(components, prompts, max_token_length)
-    with options.capture(components.unet, cfg_doubled=guidance != 1.0) as rec:
-        images = sample_images(components, prompts, height=height, width=width, steps=steps, guidance=guidance,
-                               seed=seed, max_token_length=max_token_length, release=release)  # fmt: skip
+    with _lora_scope(components, lora, lora_weight):
+        enc = _encode(components, prompts, max_token_length)
+        with options.capture(components.unet, cfg_doubled=guidance != 1.0) as rec:
+            images = sample_images(components, prompts, height=height, width=width, steps=steps, guidance=guidance,
+                                   seed=seed, max_token_length=max_token_length, release=release)  # fmt: skip
     maps, mass = _aggregate(rec, options.size)
+    lora_settings = {} if lora is None else {"lora": str(lora), "lora_weight": lora_weight}
     settings = _settings(options, mode="generate", height=height, width=width, steps=steps, guidance=guidance,
-                         seed=seed, max_token_length=max_token_length, timesteps=list(rec.timesteps.values()))  # fmt: skip
+                         seed=seed, max_token_length=max_token_length, timesteps=list(rec.timesteps.values()),
+                         **lora_settings)  # fmt: skip
     result = _result(components, "generate", enc, labels=["generate"], maps=maps[None], mass=mass[None],
                      images=images[None], settings=settings)  # fmt: skip
     result.metrics["ren"] = [_ren_entropies(rec, b) for b in range(len(prompts))]
@@ -67,7 +74,7 @@ def generate(
 def inspect(
     components: Any, images: np.ndarray, captions: list[str], *, timesteps: tuple[int, ...] = (300, 500),
     seed: int = 0, max_token_length: int | None = None, options: CaptureOptions = CaptureOptions(),
-    lora: str | Path | None = None,
+    lora: str | Path | None = None, release: bool = False,
 ) -> AttentionResult:  # fmt: skip
     """Maps of training images and their captions, noised at each timestep with a fixed seed.
 
@@ -80,6 +87,8 @@ def inspect(
         max_token_length: None (75), 150 or 225.
         options: layer, head and resolution selection (step windows do not apply: one pass).
         lora: optional LoRA file; adds a "t=T/lora" condition after each "t=T/base".
+        release: drop the text encoders (without a LoRA) and the VAE from ``components`` after their
+            last use, before the UNet runs, for one-shot commands.
 
     Returns:
         An AttentionResult with conditions "t=T" (or "t=T/base", "t=T/lora").
@@ -88,14 +97,20 @@ def inspect(
     if lora is not None and not Path(lora).is_file():
         raise ProbeError(f"{lora}: LoRA file not found; pass the .safetensors written by the trainer")
     hw = (int(images.shape[1]), int(images.shape[2]))
+    enc = _encode(components, captions, max_token_length)
+    if release and lora is None:  # with a LoRA the text encoders encode again, with its layers
+        release_parts(components, "text_encoder", "text_encoder_2")
     latents = encode_images(components, images)
-    run_kw = dict(timesteps=timesteps, seed=seed, max_token_length=max_token_length, options=options, hw=hw)
-    runs = _inspect_runs(components, latents, captions, **run_kw)
+    if release:
+        release_parts(components, "vae")
+    run_kw = dict(timesteps=timesteps, seed=seed, options=options, hw=hw)
+    runs = _inspect_runs(components, latents, enc, **run_kw)
     if lora is not None:
         from sdxl_probe.pipeline.lora import lora_loaded
 
         with lora_loaded(components, lora):
-            lora_runs = _inspect_runs(components, latents, captions, **run_kw)
+            lora_enc = _encode(components, captions, max_token_length)
+            lora_runs = _inspect_runs(components, latents, lora_enc, **run_kw)
         runs = [r for pair in zip(runs, lora_runs, strict=True) for r in pair]
     kinds = ("/base", "/lora") if lora is not None else ("",)
     labels = [f"t={t}{kind}" for t in timesteps for kind in kinds]
@@ -111,8 +126,7 @@ def inspect(
     return result
 
 
-def _inspect_runs(components, latents, captions, *, timesteps, seed, max_token_length, options, hw):
-    enc = _encode(components, captions, max_token_length)
+def _inspect_runs(components, latents, enc, *, timesteps, seed, options, hw):
     runs = []
     for t in timesteps:
         with options.capture(components.unet, cfg_doubled=False) as rec:
@@ -159,6 +173,15 @@ def _check_images(images: np.ndarray, captions: list[str], components: Any) -> N
     if len(captions) != images.shape[0]:
         raise ProbeError(f"{images.shape[0]} images but {len(captions)} captions; pass one caption per image")
     _image_size(components, int(images.shape[1]), int(images.shape[2]))
+
+
+def _lora_scope(components: Any, lora: str | Path | None, weight: float):
+    """``lora_loaded`` for a LoRA file, a no-op context without one."""
+    from contextlib import nullcontext
+
+    from sdxl_probe.pipeline.lora import lora_loaded
+
+    return nullcontext() if lora is None else lora_loaded(components, lora, weight=weight)
 
 
 def _settings(options: CaptureOptions, **extra: Any) -> dict[str, Any]:

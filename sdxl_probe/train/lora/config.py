@@ -124,6 +124,7 @@ class TrainingSection:
     mixed_precision: Annotated[str, Choice("no", "bf16")] = "no"  # bf16: autocast of the forward pass
     gradient_checkpointing: bool = False
     threads: Annotated[int, Range(0, 1024)] = 0  # torch intra-op threads (0: torch's default)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps, checked against torch before the model loads
 
     def checks(self) -> list[tuple[str, str, str]]:
         if self.min_timestep >= self.max_timestep:

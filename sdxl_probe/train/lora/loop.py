@@ -85,8 +85,10 @@ def setup(cfg: TrainConfig, run_dir: Path, *, resume: bool, log=print, component
     from diffusers.optimization import get_scheduler
 
     from sdxl_probe.pipeline.checks import size_multiple
+    from sdxl_probe.pipeline.device import resolve_device
 
     t = cfg.training
+    device = torch.device(resolve_device(t.device, option="[training] device"))  # weights stay fp32: master copy
     if t.threads:
         torch.set_num_threads(t.threads)
     buckets = Buckets(cfg.dataset.resolution, cfg.dataset.enable_bucket, cfg.dataset.min_bucket_reso,
@@ -101,7 +103,6 @@ def setup(cfg: TrainConfig, run_dir: Path, *, resume: bool, log=print, component
     else:
         check_buckets(buckets, size_multiple(dict(components.unet.config), dict(components.vae.config)))
         images = _images(cfg, buckets, log)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     components.to(device=device)
     train_idx, val_idx = split_validation(len(images), cfg.dataset.validation_split, cfg.dataset.validation_seed)
     order = BatchOrder(images, train_idx, cfg.dataset.batch_size, t.seed)
