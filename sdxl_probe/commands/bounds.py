@@ -57,33 +57,32 @@ class EmbedOptions:
 
 
 @dataclass
-class GenerateOptions:
+class SamplerOptions:
+    """The sampler's options, shared by ``generate`` and ``attention``."""
+
     seed: Seed = 0
     steps: Steps = 25
     guidance: Guidance = 5.0
     width: Pixels = None
     height: Pixels = None
     max_token_length: TokenLength = None
-    sampler: Annotated[str, Choice("euler", "ddim")] = "euler"
     lora_weight: LoraWeight = 1.0
+
+
+@dataclass
+class GenerateOptions(SamplerOptions):
+    sampler: Annotated[str, Choice("euler", "ddim")] = "euler"
     n: Annotated[int, Range(1, 1000)] = 1  # images per prompt, one sampler batch
 
 
 @dataclass
-class AttentionOptions:
+class AttentionOptions(SamplerOptions):
     """``attention generate`` and ``attention inspect`` (inspect leaves the sampler fields at their defaults)."""
 
-    seed: Seed = 0
-    steps: Steps = 25
-    guidance: Guidance = 5.0
-    width: Pixels = None
-    height: Pixels = None
-    max_token_length: TokenLength = None
     timesteps: Timesteps = (300, 500)
     heads: Heads = None
     resolutions: Factors = None
     caption_ext: Extension = ".txt"
-    lora_weight: LoraWeight = 1.0
 
 
 @dataclass
