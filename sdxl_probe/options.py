@@ -186,7 +186,7 @@ def check_object(obj: Any, label: Callable[[str], str], fix: Callable[[str, str]
 
 
 # Fields that are part of another option's value, by the spelling a user typed.
-FLAG_SPELLINGS = {"lora_weight": "--lora FILE:weight"}
+FLAG_SPELLINGS = {"lora_weights": "--lora FILE:weight"}
 
 
 def flag(name: str) -> str:

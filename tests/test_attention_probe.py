@@ -97,7 +97,7 @@ def test_inspect_with_lora_compares_and_unloads(tiny_components, tmp_path):
     side = _side(components)
     image = np.random.default_rng(1).integers(0, 255, (2, side, side, 3), dtype=np.uint8)
     before = {k: v.clone() for k, v in components.unet.state_dict().items()}
-    res = attention.inspect(components, image, ["red circle", "blue square"], timesteps=(300, 500), lora=lora)
+    res = attention.inspect(components, image, ["red circle", "blue square"], timesteps=(300, 500), loras=[(lora, 1.0)])
     assert res.conditions == ["t=300/base", "t=300/lora", "t=500/base", "t=500/lora"]
     assert not torch.allclose(res.token_maps[0], res.token_maps[1])
     rows = res.metrics["lora_change"]

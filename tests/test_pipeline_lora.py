@@ -50,11 +50,13 @@ def kohya_name(components, model: str, path: str, unet_style: str) -> str:
     return prefix + path.replace(".", "_")
 
 
-def write_lora(components, path, unet_style: str, weight: float = 1.0) -> dict[tuple[str, str], torch.Tensor]:
+def write_lora(
+    components, path, unet_style: str, weight: float = 1.0, seed: int = 0
+) -> dict[tuple[str, str], torch.Tensor]:
     """Write a LoRA file; return each target's expected weight ``W + weight * alpha/r * up @ down``."""
     from safetensors.torch import save_file
 
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     tensors, expected = {}, {}
     for model, module_path in TARGETS:
         linear = getattr(components, model).get_submodule(module_path)
@@ -168,7 +170,82 @@ def test_attention_generate_lora_equals_hand_merged_model(components, tmp_path):
     maps = {n: AttentionResult.load(tmp_path / f"maps_{n}").token_maps for n in ("lora", "merged", "base")}
     torch.testing.assert_close(maps["lora"], maps["merged"], atol=1e-3, rtol=1e-2)  # summation order only
     assert (maps["lora"] - maps["base"]).abs().max() > 1e-2
-    assert AttentionResult.load(tmp_path / "maps_lora").settings["lora_weight"] == 1.0
+    saved = AttentionResult.load(tmp_path / "maps_lora").settings["loras"]
+    assert saved == [{"file": str(tmp_path / "lora.safetensors"), "weight": 1.0}]
+
+
+def test_several_loras_add_their_weighted_deltas_and_unload(components, tmp_path):
+    """Oracle: ``W + w1 * alpha/r * up1 @ down1 + w2 * alpha/r * up2 @ down2``, by hand (A1111's stacking)."""
+    from sdxl_probe.pipeline.lora import loras_loaded
+
+    before = {t: effective(getattr(components, t[0]).get_submodule(t[1])) for t in TARGETS}
+    one = write_lora(components, tmp_path / "a.safetensors", "sgm", weight=0.5, seed=1)
+    two = write_lora(components, tmp_path / "b.safetensors", "diffusers", weight=-1.5, seed=2)
+    with loras_loaded(components, [(tmp_path / "a.safetensors", 0.5), (tmp_path / "b.safetensors", -1.5)]) as loaded:
+        assert loaded == ["text_encoder", "text_encoder_2", "unet"]
+        for model, module_path in TARGETS:
+            got = effective(getattr(components, model).get_submodule(module_path))
+            want = one[(model, module_path)] + two[(model, module_path)] - before[(model, module_path)]
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for model, module_path in TARGETS:
+        module = getattr(components, model).get_submodule(module_path)
+        assert type(module) is torch.nn.Linear, f"{model}.{module_path} still wrapped: {type(module)}"
+        torch.testing.assert_close(effective(module), before[(model, module_path)], atol=0, rtol=0)
+
+
+def test_generate_two_loras_equal_the_model_with_both_merged(components, tmp_path):
+    """Oracle: a folder whose weights hold both weighted deltas, merged by hand; ``--lora`` given twice."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from sdxl_probe.cli import app
+    from sdxl_probe.models.folder import save_folder
+
+    base = save_folder(components, tmp_path / "base")
+    before = {t: getattr(components, t[0]).get_submodule(t[1]).weight.detach().clone() for t in TARGETS}
+    one = write_lora(components, tmp_path / "a.safetensors", "sgm", weight=0.5, seed=1)
+    two = write_lora(components, tmp_path / "b.safetensors", "sgm", weight=-1.5, seed=2)
+    merged = _patched_folder(components, {t: one[t] + two[t] - before[t] for t in TARGETS}, tmp_path / "merged")
+    run = ["generate", "red circle", "--seed", "1", "--steps", "2", "--dtype", "fp32"]
+    outs = {}
+    for name, extra in [("lora", ["--model", str(base), "--lora", f"{tmp_path / 'a.safetensors'}:0.5",
+                                  "--lora", f"{tmp_path / 'b.safetensors'}:-1.5"]),
+                        ("merged", ["--model", str(merged)]), ("base", ["--model", str(base)])]:  # fmt: skip
+        r = CliRunner().invoke(app, [*run, *extra, "--out", str(tmp_path / f"{name}.png")])
+        assert r.exit_code == 0, r.output
+        outs[name] = np.asarray(Image.open(tmp_path / f"{name}.png"), dtype=np.int16)
+    assert np.abs(outs["lora"] - outs["merged"]).max() <= 1  # fp32 rounding only
+    assert np.abs(outs["lora"] - outs["base"]).mean() > 1
+
+
+def test_attention_inspect_lora_weight_equals_hand_merged_model(components, tmp_path):
+    """Oracle: ``inspect --lora FILE:0.5`` maps equal the maps of a model merged by hand at weight 0.5."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from sdxl_probe.commands.attention import attention_app
+    from sdxl_probe.models.folder import save_folder
+    from sdxl_probe.probes.attention.result import AttentionResult
+
+    base = save_folder(components, tmp_path / "base")
+    expected = write_lora(components, tmp_path / "lora.safetensors", "sgm", weight=0.5)
+    merged = _patched_folder(components, expected, tmp_path / "merged")
+    size = components.unet.config.sample_size * 2 ** (len(components.vae.config.block_out_channels) - 1)
+    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "img.png")
+    (tmp_path / "img.txt").write_text("red circle", encoding="utf-8")
+    run = ["inspect", str(tmp_path / "img.png"), "--timesteps", "400", "--dtype", "fp32"]
+    for name, extra in [("lora", ["--model", str(base), "--lora", f"{tmp_path / 'lora.safetensors'}:0.5"]),
+                        ("merged", ["--model", str(merged)])]:  # fmt: skip
+        r = CliRunner().invoke(attention_app, [*run, *extra, "--out", str(tmp_path / f"maps_{name}")])
+        assert r.exit_code == 0, r.output
+    lora = AttentionResult.load(tmp_path / "maps_lora")
+    assert lora.conditions == ["t=400/base", "t=400/lora"]
+    merged_maps = AttentionResult.load(tmp_path / "maps_merged").token_maps[0]
+    torch.testing.assert_close(lora.token_maps[1], merged_maps, atol=1e-4, rtol=1e-3)
+    assert lora.settings["loras"][0]["weight"] == 0.5
 
 
 def test_generate_refuses_a_lora_for_another_architecture(components, tmp_path):

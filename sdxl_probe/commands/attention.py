@@ -88,25 +88,23 @@ def generate(
     heads: str | None = _HEADS,
     resolutions: str | None = _RESOLUTIONS,
     include_mid: bool = _INCLUDE_MID,
-    lora: str | None = typer.Option(
-        None, "--lora", help="A LoRA .safetensors as FILE[:weight] (kohya, SGM or diffusers), applied to the maps."
+    lora: list[str] = typer.Option(
+        [], "--lora", help="A LoRA .safetensors as FILE[:weight] (kohya, SGM or diffusers), applied to the maps; "
+        "repeat it to apply several at once."
     ),
     device: str = device_option(),
     dtype: str = dtype_option(),
 ) -> None:
     """Generate images and write a heat map for every token and every word."""
     from sdxl_probe.commands.attention_options import parse_ints
-    from sdxl_probe.errors import ProbeError
     from sdxl_probe.pipeline.checks import check_image_size, check_steps
-    from sdxl_probe.pipeline.lora import parse_lora_spec
+    from sdxl_probe.pipeline.lora import parse_lora_spec, parse_lora_specs
     from sdxl_probe.probes.attention import core as attention
 
-    lora_path, lora_weight = parse_lora_spec(lora) if lora else (None, 1.0)
     _gate(out, seed=seed, steps=steps, guidance=guidance, height=height, width=width, max_token_length=max_token_length,
           heads=parse_ints(heads, "--heads"), resolutions=parse_ints(resolutions, "--resolutions"),
-          lora_weight=lora_weight)  # fmt: skip
-    if lora_path is not None and not lora_path.is_file():
-        raise ProbeError(f"--lora {lora_path}: file not found; pass the .safetensors written by the trainer")
+          lora_weights=tuple(parse_lora_spec(s)[1] for s in lora))  # fmt: skip
+    loras = parse_lora_specs(lora)
     configs, precision = _open(model, device, dtype)
     check_steps(steps, configs["scheduler"])
     height, width = check_image_size(configs["unet"], configs["vae"], height, width)
@@ -114,7 +112,7 @@ def generate(
     components = _load(model, precision)
     result = attention.generate(components, prompt, height=height, width=width, steps=steps, guidance=guidance,
                                 seed=seed, max_token_length=max_token_length, options=options,
-                                release=True, lora=lora_path, lora_weight=lora_weight)  # fmt: skip
+                                release=True, loras=loras)  # fmt: skip
     _write(attention, result, out)
 
 
@@ -132,8 +130,9 @@ def inspect(
     timesteps: str = typer.Option(
         "300,500", "--timesteps", help="Comma-separated DDPM timesteps to noise to."
     ),
-    lora: Path | None = typer.Option(
-        None, "--lora", help="A LoRA .safetensors: adds LoRA maps and LoRA - base."
+    lora: list[str] = typer.Option(
+        [], "--lora", help="A LoRA .safetensors as FILE[:weight]: adds LoRA maps and LoRA - base; "
+        "repeat it to apply several at once."
     ),
     model: str = typer.Option(
         "toy", "--model", help='"toy", or an SDXL .safetensors file or diffusers folder.'
@@ -150,23 +149,23 @@ def inspect(
 ) -> None:
     """Noise training images at chosen timesteps and map where each tag of their caption binds."""
     from sdxl_probe.commands.attention_options import load_images_and_captions, parse_ints
-    from sdxl_probe.errors import ProbeError
     from sdxl_probe.pipeline.checks import check_image_size, check_timesteps
+    from sdxl_probe.pipeline.lora import parse_lora_spec, parse_lora_specs
     from sdxl_probe.probes.attention import core as attention
 
     _gate(out, seed=seed, max_token_length=max_token_length, caption_ext=caption_ext,
           timesteps=parse_ints(timesteps, "--timesteps") or (300, 500), heads=parse_ints(heads, "--heads"),
-          resolutions=parse_ints(resolutions, "--resolutions"))  # fmt: skip
+          resolutions=parse_ints(resolutions, "--resolutions"),
+          lora_weights=tuple(parse_lora_spec(s)[1] for s in lora))  # fmt: skip
     options = _capture_options(None, 1, layers, heads, resolutions, include_mid)
     configs, precision = _open(model, device, dtype)
     chosen = check_timesteps(parse_ints(timesteps, "--timesteps") or (300, 500), configs["scheduler"])
-    if lora is not None and not lora.is_file():
-        raise ProbeError(f"--lora {lora}: file not found; pass the .safetensors written by the trainer")
+    loras = parse_lora_specs(lora)
     images, captions = load_images_and_captions(image, caption, caption_ext)
     check_image_size(configs["unet"], configs["vae"], int(images.shape[1]), int(images.shape[2]))
     components = _load(model, precision)
     result = attention.inspect(components, images, captions, timesteps=chosen, seed=seed,
-                               max_token_length=max_token_length, options=options, lora=lora,
+                               max_token_length=max_token_length, options=options, loras=loras,
                                release=True)  # fmt: skip
     _write(attention, result, out)
 

@@ -23,7 +23,7 @@ Heads = Annotated[tuple[int, ...] | None, Range(0, 1023)]
 Factors = Annotated[tuple[int, ...] | None, Range(1, 64)]
 Separator = Annotated[str | None, Length(1, 16)]
 Extension = Annotated[str, Length(1, 32)]
-LoraWeight = Annotated[float, Range(-10.0, 10.0)]  # the :weight of --lora FILE[:weight]; 1 = as trained
+LoraWeights = Annotated[tuple[float, ...], Range(-10.0, 10.0)]  # each :weight of --lora FILE[:weight]; 1 = as trained
 MAX_DATASET_BYTES = 16 * 2**30  # toy dataset pixels (images + masks, uncompressed)
 
 
@@ -66,7 +66,7 @@ class SamplerOptions:
     width: Pixels = None
     height: Pixels = None
     max_token_length: TokenLength = None
-    lora_weight: LoraWeight = 1.0
+    lora_weights: LoraWeights = ()
 
 
 @dataclass

@@ -33,35 +33,34 @@ def generate(
     weighted: bool = typer.Option(False, "--weighted", help="Parse (word:1.2) prompt weights, as sd-scripts."),
     sampler: str = typer.Option("euler", "--sampler", help="euler or ddim."),
     negative: str = typer.Option("", "--negative", help="Negative prompt."),
-    lora: str | None = typer.Option(
-        None, "--lora", help="A LoRA .safetensors as FILE[:weight] (kohya, SGM or diffusers; weight 1 default)."
+    lora: list[str] = typer.Option(
+        [], "--lora", help="A LoRA .safetensors as FILE[:weight] (kohya, SGM or diffusers; weight 1 default); "
+        "repeat it to apply several at once."
     ),
     device: str = device_option(),
     dtype: str = dtype_option(),
 ) -> None:
     """Generate an image from PROMPT (or every line of --prompt-file, --n each) and save PNGs."""
     from sdxl_probe.commands.bounds import GenerateOptions
-    from sdxl_probe.commands.generate_many import generate_many, lora_scope
+    from sdxl_probe.commands.generate_many import generate_many
     from sdxl_probe.errors import ProbeError
     from sdxl_probe.options import gate
     from sdxl_probe.outputs import output_file, preflight_file
-    from sdxl_probe.pipeline.lora import parse_lora_spec
+    from sdxl_probe.pipeline.lora import loras_loaded, parse_lora_spec, parse_lora_specs
 
-    lora_path, lora_weight = parse_lora_spec(lora) if lora else (None, 1.0)
     guidance = guidance if cfg is None else cfg
     gate(GenerateOptions, seed=seed, steps=steps, guidance=guidance, width=width, height=height, n=n,
-         max_token_length=max_token_length, sampler=sampler, lora_weight=lora_weight)  # fmt: skip
+         max_token_length=max_token_length, sampler=sampler, lora_weights=tuple(parse_lora_spec(s)[1] for s in lora))  # fmt: skip
     if (prompt is None) == (prompt_file is None):
         raise ProbeError("generate: give either a PROMPT or --prompt-file FILE (one of them, not both)")
-    if lora_path is not None and not lora_path.is_file():
-        raise ProbeError(f"--lora {lora_path}: file not found; pass the .safetensors written by the trainer")
+    loras = parse_lora_specs(lora)
     if prompt_file is not None or n > 1:
         if out.suffix.lower() == ".png":
             raise ProbeError(f"--out {out}: several images go into a folder; give a folder path, not a .png")
         lines = _prompt_lines(prompt, prompt_file, seed=seed, steps=steps, guidance=guidance, width=width,
                               height=height, negative=negative)  # fmt: skip
         generate_many(lines, n, model=model, out=out, sampler=sampler, max_token_length=max_token_length,
-                      weighted=weighted, lora=lora_path, lora_weight=lora_weight, device=device, dtype=dtype)  # fmt: skip
+                      weighted=weighted, loras=loras, device=device, dtype=dtype)  # fmt: skip
         return
     preflight_file(out)
 
@@ -76,14 +75,14 @@ def generate(
     check_steps(steps, configs["scheduler"])
     mtl = None if max_token_length in (None, 75) else max_token_length
     components = load_model(model, precision)
-    with lora_scope(components, lora_path, lora_weight):
+    with loras_loaded(components, loras):
         image = generate_images(components, [prompt], seed=seed, steps=steps, cfg=guidance, height=height,
                                 width=width, negative=negative, sampler=sampler, max_token_length=mtl,
                                 weighted=weighted, release=True)[0]  # fmt: skip
     with output_file(out) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
     toy = " (toy model)" if components.is_toy else ""
-    with_lora = "" if lora_path is None else f", LoRA {lora_path.name} x{lora_weight}"
+    with_lora = "".join(f", LoRA {path.name} x{weight}" for path, weight in loras)
     typer.echo(f"wrote {out}: {image.shape[1]}x{image.shape[0]}, {sampler} {steps} steps, guidance {guidance}, "
                f"seed {seed}, {precision.describe()}{toy}{with_lora}")
 

@@ -7,7 +7,6 @@ Each prompt line (sd-scripts syntax, ``sdxl_probe.train.lora.prompts``) is sampl
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from pathlib import Path
 
 import typer
@@ -15,15 +14,8 @@ import typer
 MANIFEST = "prompts.jsonl"  # one row per image: file, prompt and its settings
 
 
-def lora_scope(components, path: Path | None, weight: float):
-    """``lora_loaded`` for a LoRA file, a no-op context without one."""
-    from sdxl_probe.pipeline.lora import lora_loaded
-
-    return nullcontext() if path is None else lora_loaded(components, path, weight=weight)
-
-
 def generate_many(lines, n: int, *, model: str, out: Path, sampler: str, max_token_length: int | None,
-                  weighted: bool, lora: Path | None, lora_weight: float, device: str, dtype: str) -> None:  # fmt: skip
+                  weighted: bool, loras: list[tuple[Path, float]], device: str, dtype: str) -> None:  # fmt: skip
     """Check every line, load the model once, write ``n`` PNGs per line and a manifest into ``out``."""
     from dataclasses import asdict
 
@@ -31,6 +23,7 @@ def generate_many(lines, n: int, *, model: str, out: Path, sampler: str, max_tok
 
     from sdxl_probe.outputs import output_folder, preflight_folder
     from sdxl_probe.pipeline.device import load_model
+    from sdxl_probe.pipeline.lora import loras_loaded
     from sdxl_probe.pipeline.sampling import generate_images
 
     preflight_folder(out, owns=(MANIFEST,))
@@ -38,7 +31,7 @@ def generate_many(lines, n: int, *, model: str, out: Path, sampler: str, max_tok
     mtl = None if max_token_length in (None, 75) else max_token_length
     components = load_model(model, precision)
     rows = []
-    with output_folder(out, owns=(MANIFEST,)) as tmp, lora_scope(components, lora, lora_weight):
+    with output_folder(out, owns=(MANIFEST,)) as tmp, loras_loaded(components, loras):
         for i, (line, (height, width)) in enumerate(zip(lines, sizes, strict=True)):
             images = generate_images(components, [line.prompt] * n, seed=line.seed, steps=line.steps,
                                      cfg=line.guidance, height=height, width=width, negative=line.negative,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,47 @@ def parse_lora_spec(spec: str) -> tuple[Path, float]:
         except ValueError:
             pass
     return Path(spec), 1.0
+
+
+def parse_lora_specs(specs: Sequence[str], option: str = "--lora") -> list[tuple[Path, float]]:
+    """Several ``FILE[:weight]`` specs (``--lora`` given more than once); each file must exist.
+
+    Raises:
+        ModelLoadError: naming the first missing file, before any model loads.
+    """
+    loras = [parse_lora_spec(s) for s in specs]
+    for path, _ in loras:
+        if not path.is_file():
+            raise ModelLoadError(f"{option} {path}: file not found; pass the .safetensors written by the trainer")
+    return loras
+
+
+@contextmanager
+def loras_loaded(components: Any, loras: Sequence[tuple[str | Path, float]]) -> Iterator[list[str]]:
+    """Several LoRAs at once, each scaled by its own weight; none (an empty list) is a no-op.
+
+    The deltas add, ``W + sum_i weight_i * alpha_i/r_i * up_i @ down_i``, as A1111's
+    ``<lora:a:w1> <lora:b:w2>`` and sd-scripts' ``--network_weights a b --network_multipliers w1 w2``
+    apply them. Each file gets its own peft adapter; diffusers'
+    ``set_weights_and_activate_adapters`` (what ``pipe.set_adapters`` calls) then activates all of
+    them in each model with their weights. Every adapter is removed on exit.
+
+    Yields:
+        The names of the models that received LoRA layers.
+    """
+    from diffusers.utils.peft_utils import set_weights_and_activate_adapters
+
+    with ExitStack() as stack:
+        per_model: dict[str, list[tuple[str, float]]] = {}
+        for i, (path, weight) in enumerate(loras):
+            name = f"{ADAPTER_NAME}_{i}"
+            for model in stack.enter_context(lora_loaded(components, path, name, weight)):
+                per_model.setdefault(model, []).append((name, weight))
+        if len(loras) > 1:
+            for model, adapters in per_model.items():
+                names, weights = zip(*adapters, strict=True)
+                set_weights_and_activate_adapters(getattr(components, model), list(names), list(weights))
+        yield sorted(per_model)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ of a 77/152/227-token context, later chunks included, gets a map.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from sdxl_probe.errors import ProbeError
 from sdxl_probe.pipeline.checks import check_image_size
 from sdxl_probe.pipeline.device import precision_of
+from sdxl_probe.pipeline.lora import loras_loaded
 from sdxl_probe.pipeline.sampling import release_parts
 from sdxl_probe.pipeline.vae import encode_images
 from sdxl_probe.probes.attention import heatmaps, metrics
@@ -33,8 +35,8 @@ REN_LAST_STEPS = 10  # Ren et al. D mode: mean entropy over the last 10 steps
 def generate(
     components: Any, prompts: list[str], *, height: int | None = None, width: int | None = None,
     steps: int = 25, guidance: float = 5.0, seed: int = 0, max_token_length: int | None = None,
-    options: CaptureOptions = CaptureOptions(), release: bool = False, lora: str | Path | None = None,
-    lora_weight: float = 1.0,
+    options: CaptureOptions = CaptureOptions(), release: bool = False,
+    loras: Sequence[tuple[str | Path, float]] = (),
 ) -> AttentionResult:  # fmt: skip
     """Generate images for ``prompts`` and record their cross-attention maps.
 
@@ -48,20 +50,20 @@ def generate(
         options: layer, head, step-window and resolution selection.
         release: drop the text encoders and UNet from ``components`` after their last use
             (``generate_images(release=True)``), for one-shot commands.
-        lora: optional LoRA file (kohya/SGM/diffusers), applied while encoding and sampling.
-        lora_weight: multiplier of the LoRA delta (``sdxl_probe.pipeline.lora.lora_loaded``).
+        loras: (LoRA file, weight) pairs (kohya/SGM/diffusers), applied together while encoding and
+            sampling (``sdxl_probe.pipeline.lora.loras_loaded``).
 
     Returns:
         An AttentionResult with one condition, "generate".
     """
     height, width = _image_size(components, height, width)
-    with _lora_scope(components, lora, lora_weight):
+    with loras_loaded(components, loras):
         enc = _encode(components, prompts, max_token_length)
         with options.capture(components.unet, cfg_doubled=guidance != 1.0) as rec:
             images = sample_images(components, prompts, height=height, width=width, steps=steps, guidance=guidance,
                                    seed=seed, max_token_length=max_token_length, release=release)  # fmt: skip
     maps, mass = _aggregate(rec, options.size)
-    lora_settings = {} if lora is None else {"lora": str(lora), "lora_weight": lora_weight}
+    lora_settings = {"loras": _lora_list(loras)} if loras else {}
     settings = _settings(options, mode="generate", height=height, width=width, steps=steps, guidance=guidance,
                          seed=seed, max_token_length=max_token_length, timesteps=list(rec.timesteps.values()),
                          **lora_settings)  # fmt: skip
@@ -74,7 +76,7 @@ def generate(
 def inspect(
     components: Any, images: np.ndarray, captions: list[str], *, timesteps: tuple[int, ...] = (300, 500),
     seed: int = 0, max_token_length: int | None = None, options: CaptureOptions = CaptureOptions(),
-    lora: str | Path | None = None, release: bool = False,
+    loras: Sequence[tuple[str | Path, float]] = (), release: bool = False,
 ) -> AttentionResult:  # fmt: skip
     """Maps of training images and their captions, noised at each timestep with a fixed seed.
 
@@ -86,7 +88,8 @@ def inspect(
         seed: seed of the noise, shared by every timestep and by base and LoRA.
         max_token_length: None (75), 150 or 225.
         options: layer, head and resolution selection (step windows do not apply: one pass).
-        lora: optional LoRA file; adds a "t=T/lora" condition after each "t=T/base".
+        loras: (LoRA file, weight) pairs, applied together; they add a "t=T/lora" condition after
+            each "t=T/base".
         release: drop the text encoders (without a LoRA) and the VAE from ``components`` after their
             last use, before the UNet runs, for one-shot commands.
 
@@ -94,34 +97,33 @@ def inspect(
         An AttentionResult with conditions "t=T" (or "t=T/base", "t=T/lora").
     """
     _check_images(images, captions, components)
-    if lora is not None and not Path(lora).is_file():
-        raise ProbeError(f"{lora}: LoRA file not found; pass the .safetensors written by the trainer")
+    for path, _ in loras:
+        if not Path(path).is_file():
+            raise ProbeError(f"{path}: LoRA file not found; pass the .safetensors written by the trainer")
     hw = (int(images.shape[1]), int(images.shape[2]))
     enc = _encode(components, captions, max_token_length)
-    if release and lora is None:  # with a LoRA the text encoders encode again, with its layers
+    if release and not loras:  # with a LoRA the text encoders encode again, with its layers
         release_parts(components, "text_encoder", "text_encoder_2")
     latents = encode_images(components, images)
     if release:
         release_parts(components, "vae")
     run_kw = dict(timesteps=timesteps, seed=seed, options=options, hw=hw)
     runs = _inspect_runs(components, latents, enc, **run_kw)
-    if lora is not None:
-        from sdxl_probe.pipeline.lora import lora_loaded
-
-        with lora_loaded(components, lora):
+    if loras:
+        with loras_loaded(components, loras):
             lora_enc = _encode(components, captions, max_token_length)
             lora_runs = _inspect_runs(components, latents, lora_enc, **run_kw)
         runs = [r for pair in zip(runs, lora_runs, strict=True) for r in pair]
-    kinds = ("/base", "/lora") if lora is not None else ("",)
+    kinds = ("/base", "/lora") if loras else ("",)
     labels = [f"t={t}{kind}" for t in timesteps for kind in kinds]
     enc = runs[0][0]
     maps = torch.stack([m for _, m, _ in runs])
     mass = torch.stack([s for _, _, s in runs])
     settings = _settings(options, mode="inspect", height=hw[0], width=hw[1], seed=seed, timesteps=list(timesteps),
-                         max_token_length=max_token_length, lora=str(lora) if lora else None)  # fmt: skip
+                         max_token_length=max_token_length, loras=_lora_list(loras) or None)  # fmt: skip
     shown = np.broadcast_to(images, (len(labels), *images.shape)).copy()
     result = _result(components, "inspect", enc, labels=labels, maps=maps, mass=mass, images=shown, settings=settings)
-    if lora is not None:
+    if loras:
         result.metrics["lora_change"] = lora_change(result)
     return result
 
@@ -175,13 +177,9 @@ def _check_images(images: np.ndarray, captions: list[str], components: Any) -> N
     _image_size(components, int(images.shape[1]), int(images.shape[2]))
 
 
-def _lora_scope(components: Any, lora: str | Path | None, weight: float):
-    """``lora_loaded`` for a LoRA file, a no-op context without one."""
-    from contextlib import nullcontext
-
-    from sdxl_probe.pipeline.lora import lora_loaded
-
-    return nullcontext() if lora is None else lora_loaded(components, lora, weight=weight)
+def _lora_list(loras: Sequence[tuple[str | Path, float]]) -> list[dict[str, Any]]:
+    """The LoRAs as saved in the settings: ``[{"file": ..., "weight": ...}]``."""
+    return [{"file": str(path), "weight": float(weight)} for path, weight in loras]
 
 
 def _settings(options: CaptureOptions, **extra: Any) -> dict[str, Any]:
