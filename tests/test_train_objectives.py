@@ -1,0 +1,137 @@
+"""The objective's parts equal sd-scripts' formulas, recomputed here from first principles.
+
+Oracles: SDXL's DDPM schedule rebuilt by hand (``scaled_linear`` betas from 0.00085 to 0.012 over 1000
+steps, ``abar_t = prod(1 - beta)``), from which SNR, sigma and v follow by their definitions; element-wise
+scalar loops for the losses; block means for the area-resized mask; and transcriptions of sd-scripts'
+``apply_noise_offset`` and ``pyramid_noise_like`` drawing from the same generator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sdxl_probe.train.lora import objectives
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+
+
+def abar_by_hand(t: int) -> float:
+    betas = [(math.sqrt(0.00085) + (math.sqrt(0.012) - math.sqrt(0.00085)) * i / 999) ** 2 for i in range(1000)]
+    return math.prod(1 - b for b in betas[: t + 1])
+
+
+TS = [0, 1, 37, 250, 500, 999]
+
+
+def test_v_target_is_alpha_eps_minus_sigma_x0(scheduler):
+    x0, eps = torch.randn(len(TS), 4, 3, 3), torch.randn(len(TS), 4, 3, 3)
+    got = objectives.target_for("v_prediction", scheduler, x0, eps, torch.tensor(TS))
+    for i, t in enumerate(TS):
+        a = abar_by_hand(t)
+        torch.testing.assert_close(got[i], math.sqrt(a) * eps[i] - math.sqrt(1 - a) * x0[i], atol=1e-5, rtol=1e-4)
+    assert objectives.target_for("epsilon", scheduler, x0, eps, torch.tensor(TS)) is eps
+
+
+@pytest.mark.parametrize("gamma, v, debiased, scale_v", [(5.0, False, False, False), (5.0, True, False, False),
+                                                         (0.0, False, True, False), (0.0, True, True, False),
+                                                         (1.0, True, False, True), (0.0, False, False, False)])
+def test_snr_weights_follow_the_papers(scheduler, gamma, v, debiased, scale_v):
+    got = objectives.snr_weights(torch.tensor(TS), scheduler, min_snr_gamma=gamma, v_prediction=v,
+                                 debiased=debiased, scale_v_like_noise=scale_v)  # fmt: skip
+    for i, t in enumerate(TS):
+        snr = abar_by_hand(t) / (1 - abar_by_hand(t))
+        w = 1.0
+        if gamma:
+            w *= min(snr, gamma) / (snr + 1 if v else snr)
+        if scale_v:
+            w *= snr / (snr + 1)
+        if debiased:
+            w /= (min(snr, 1000) + 1) if v else math.sqrt(min(snr, 1000))
+        assert got[i].item() == pytest.approx(w, rel=1e-4)
+
+
+@pytest.mark.parametrize("schedule", ["snr", "exponential", "constant"])
+def test_huber_threshold_schedules(scheduler, schedule):
+    c, scale = 0.1, 2.0
+    got = objectives.huber_threshold(schedule, c, scale, torch.tensor(TS), scheduler)
+    for i, t in enumerate(TS):
+        a = abar_by_hand(t)
+        want = {"snr": (1 - c) / (1 + math.sqrt((1 - a) / a)) ** 2 + c,
+                "exponential": math.exp(math.log(c) * t / 1000) * scale, "constant": c * scale}[schedule]  # fmt: skip
+        assert got[i].item() == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("loss_type", objectives.LOSS_TYPES)
+def test_elementwise_losses_by_scalar_loops(loss_type):
+    pred, target = torch.randn(2, 2, 2, 2), torch.randn(2, 2, 2, 2)
+    c = torch.tensor([0.1, 0.7])
+    got = objectives.elementwise_loss(pred, target, loss_type, c)
+    for idx in torch.cartesian_prod(*(torch.arange(n) for n in pred.shape)).tolist():
+        d, cb = (pred[tuple(idx)] - target[tuple(idx)]).item(), c[idx[0]].item()
+        want = {"l2": d * d, "l1": abs(d), "huber": 2 * cb * (math.sqrt(d * d + cb * cb) - cb),
+                "smooth_l1": 2 * (math.sqrt(d * d + cb * cb) - cb)}[loss_type]  # fmt: skip
+        assert got[tuple(idx)].item() == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
+def test_masked_loss_uses_block_means_of_the_mask():
+    loss = torch.rand(2, 4, 3, 5)
+    mask = (torch.rand(2, 24, 40) > 0.5).float()  # 8x8 pixel blocks per latent cell
+    got = objectives.masked(loss, mask)
+    blocks = mask.reshape(2, 3, 8, 5, 8).mean(dim=(2, 4))  # (B, h, w)
+    torch.testing.assert_close(got, loss * blocks[:, None])
+
+
+def test_offset_noise_transcribes_apply_noise_offset():
+    """sd-scripts ``apply_noise_offset``, with the adaptive scale, transcribed."""
+    latents, noise = torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5)
+    got = objectives.offset_noise(noise, latents, 0.1, 0.05, False, torch.Generator().manual_seed(7))
+    offset = torch.clamp(0.1 + 0.05 * torch.abs(latents.mean(dim=(2, 3), keepdim=True)), 0.0, None)
+    want = noise + offset * torch.randn((3, 4, 1, 1), generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(got, want)
+    g = torch.Generator().manual_seed(7)
+    strength = torch.rand((), generator=g).item() * 0.1  # noise_offset_random_strength
+    want = noise + strength * torch.randn((3, 4, 1, 1), generator=g)
+    got = objectives.offset_noise(noise, latents, 0.1, 0.0, True, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(got, want)
+    assert objectives.offset_noise(noise, latents, 0.0, 0.05, True, g) is noise
+
+
+def test_pyramid_noise_transcribes_pyramid_noise_like():
+    """sd-scripts ``pyramid_noise_like`` (``random.random()`` read from the same generator)."""
+    noise = torch.randn(2, 4, 16, 12)
+    got = objectives.pyramid_noise(noise, 6, 0.3, torch.Generator().manual_seed(3))
+    g, want = torch.Generator().manual_seed(3), noise.clone()
+    b, c, w, h = want.shape
+    u = torch.nn.Upsample(size=(w, h), mode="bilinear")
+    for i in range(6):
+        r = torch.rand((), generator=g).item() * 2 + 2
+        wn, hn = max(1, int(w / (r**i))), max(1, int(h / (r**i)))
+        want += u(torch.randn(b, c, wn, hn, generator=g)) * 0.3**i
+        if wn == 1 or hn == 1:
+            break
+    torch.testing.assert_close(got, want / want.std())
+    assert got.std().item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_perturbed_noise_adds_gamma_scaled_noise():
+    noise = torch.randn(2, 4, 3, 3)
+    got = objectives.perturbed_noise(noise, 0.1, False, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(got, noise + 0.1 * torch.randn(noise.shape, generator=torch.Generator().manual_seed(1)))
+    assert objectives.perturbed_noise(noise, 0.0, True, torch.Generator()) is noise
+
+
+def test_weight_penalty_by_brute_force():
+    params = [torch.randn(3, 2), torch.randn(4)]
+    l1 = sum(abs(x) for p in params for x in p.flatten().tolist())
+    l2 = sum(x * x for p in params for x in p.flatten().tolist())
+    assert objectives.weight_penalty(params, 0.01, 0.0).item() == pytest.approx(0.01 * l1, rel=1e-5)
+    assert objectives.weight_penalty(params, 0.01, 0.5).item() == pytest.approx(0.01 * l1 + 0.5 * l2, rel=1e-5)
+    assert objectives.weight_penalty(params, 0.0, 0.0).item() == 0.0
