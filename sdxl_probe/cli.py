@@ -25,6 +25,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "toy",
     "generate",
     "train",
+    "study",
+    "memorization",
 )
 
 

@@ -21,10 +21,13 @@ def renderers() -> dict[str, Renderer]:
     from sdxl_probe.probes.attention.report import render_report as attention
     from sdxl_probe.probes.audit.report import render_report as audit
     from sdxl_probe.probes.embed.report import render_report as embed
+    from sdxl_probe.probes.memorization.report import render_report as memorization
     from sdxl_probe.probes.toy_eval.report import render_report as toy_eval
+    from sdxl_probe.studies.report import render_study as study
     from sdxl_probe.train.lora.report import render_report as train
 
-    return {"attention": attention, "audit": audit, "embed": embed, "toy-eval": toy_eval, "train": train}
+    return {"attention": attention, "audit": audit, "embed": embed, "toy-eval": toy_eval, "train": train, "study": study,
+            "memorization": memorization}
 
 
 def render_report(kind: str, result_dir: str | Path) -> Path:

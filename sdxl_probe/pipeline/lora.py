@@ -74,7 +74,10 @@ def lora_loaded(
     """Load a LoRA (kohya, SGM or diffusers key names) into the UNet and text encoders.
 
     Uses diffusers' ``StableDiffusionXLLoraLoaderMixin`` class methods, so the same key
-    conversions as ``pipe.load_lora_weights`` apply. The adapter is deleted on exit.
+    conversions as ``pipe.load_lora_weights`` apply. Kohya files with LoHa (``hada_*``), LoKr
+    (``lokr_*``) or DoRA (``dora_scale``) tensors, which diffusers cannot read, are loaded as peft
+    LoHa/LoKr/DoRA adapters by :func:`sdxl_probe.pipeline.lycoris.inject_kohya`. The adapter is
+    deleted on exit.
 
     Args:
         components: ``SDXLComponents`` (unet, text_encoder, text_encoder_2 are modified in place).
@@ -91,20 +94,27 @@ def lora_loaded(
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: LoRA file not found; pass the .safetensors written by the trainer")
-    try:
-        state, alphas, meta = Pipe.lora_state_dict(
-            str(path), unet_config=components.unet.config, return_lora_metadata=True
-        )
-    except (ValueError, KeyError, OSError) as e:
-        raise ModelLoadError(
-            f"{path}: not a LoRA file diffusers can read ({e}); expected kohya/SGM/diffusers LoRA keys"
-        ) from None
+    own = _own_route_state(path)  # LoHa / LoKr / DoRA: diffusers cannot read them (pipeline.lycoris)
+    if own is None:
+        try:
+            state, alphas, meta = Pipe.lora_state_dict(
+                str(path), unet_config=components.unet.config, return_lora_metadata=True
+            )
+        except (ValueError, KeyError, OSError) as e:
+            raise ModelLoadError(
+                f"{path}: not a LoRA file diffusers can read ({e}); expected kohya/SGM/diffusers LoRA keys"
+            ) from None
     had_peft = {
         name: _has_peft(getattr(components, name)) for name in ("unet", "text_encoder", "text_encoder_2")
     }
     loaded: list[str] = []
     try:
-        _inject(Pipe, components, state, alphas, meta, adapter_name, loaded)
+        if own is None:
+            _inject(Pipe, components, state, alphas, meta, adapter_name, loaded)
+        else:
+            from sdxl_probe.pipeline.lycoris import inject_kohya
+
+            inject_kohya(components, own, adapter_name, loaded)
     except (ValueError, RuntimeError, KeyError) as e:  # peft's NoMatchingPeftModuleError is a ValueError
         touched = set(loaded) | {n for n, had in had_peft.items() if not had and _has_peft(getattr(components, n))}
         _remove(components, sorted(touched), adapter_name, had_peft)
@@ -124,6 +134,21 @@ def lora_loaded(
         _remove(components, loaded, adapter_name, had_peft)
 
 
+def _own_route_state(path: Path) -> dict | None:
+    """The file's tensors when it holds LoHa/LoKr/DoRA keys (the project's own route), else None."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from sdxl_probe.pipeline.lycoris import needs_own_route
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = list(f.keys())
+    except Exception:  # noqa: BLE001 - not safetensors: diffusers' route names the problem
+        return None
+    return load_file(str(path)) if needs_own_route(keys) else None
+
+
 def _inject(pipe_cls: Any, components: Any, state: dict, alphas: Any, meta: Any, name: str, loaded: list[str]) -> None:
     """Load the UNet and text-encoder parts, appending each model's name to ``loaded`` as it is done."""
     if any(k.startswith("unet.") for k in state):
@@ -140,12 +165,12 @@ def _inject(pipe_cls: Any, components: Any, state: dict, alphas: Any, meta: Any,
 
 def _scale(components: Any, loaded: list[str], name: str, weight: float) -> None:
     """Multiply the adapter's ``alpha / r`` scaling by ``weight`` in every LoRA layer of the loaded models."""
-    from peft.tuners.lora.layer import LoraLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     for attr in loaded:
         for module in getattr(components, attr).modules():
-            if isinstance(module, LoraLayer):
-                module.set_scale(name, weight)
+            if isinstance(module, BaseTunerLayer) and name in getattr(module, "scaling", {}):
+                module.set_scale(name, weight)  # LoRA: weight * alpha/r; LoHa/LoKr (LycorisLayer): the same
 
 
 def _has_peft(model: Any) -> bool:

@@ -1,6 +1,6 @@
 """Resumable training state of the toy recipe: one safetensors file per phase, written atomically.
 
-The tensors (model weights, AdamW moments, EMA shadow weights) go in the safetensors body;
+The tensors (model weights, any optimizer's state tensors, EMA shadow weights) go in the safetensors body;
 the JSON-able rest (step, seed, optimizer hyper-parameters, LR-scheduler state) goes in its
 metadata, so the state can never be half old and half new. A human-readable copy of that
 JSON is written next to it. No pickle anywhere.
@@ -50,9 +50,18 @@ class TrainingStopped(ProbeError):
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Any optimizer's ``state_dict``: tensors to the body; scalars (Prodigy's int ``step``) and groups to JSON."""
     sd = optimizer.state_dict()
-    tensors = {f"opt.{i}.{k}": v for i, st in sd["state"].items() for k, v in st.items()}
-    return tensors, {"param_groups": sd["param_groups"]}
+    tensors, scalars = {}, {}
+    for i, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"opt.{i}.{k}"] = v.contiguous()
+            elif v is None or isinstance(v, (bool, int, float, str)):
+                scalars.setdefault(str(i), {})[k] = v
+            else:
+                raise ProbeError(f"optimizer state {k!r} of type {type(v).__name__} cannot be saved without pickle")
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
 def save_state(
@@ -97,13 +106,17 @@ def load_state(
     for name, m in modules.items():
         prefix = f"{name}."
         m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    state: dict[int, dict[str, torch.Tensor]] = {}
+    state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("opt."):
             _, idx, name = key.split(".", 2)
             state.setdefault(int(idx), {})[name] = value
+    for idx, values in meta["optimizer"].get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(values)
     optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["param_groups"]})
     lr_scheduler.load_state_dict(meta["lr_scheduler"])
+    if ema is not None and "ema" not in meta:
+        raise ProbeError(f"{path}: the saved state has no EMA weights; resume with the EMA off (its config.json)")
     if ema is not None:
         ema.shadow_params = [tensors[f"ema.{i}"] for i in range(len(ema.shadow_params))]
         ema.optimization_step = meta["ema"]["optimization_step"]

@@ -12,12 +12,21 @@ cache is refused with the reason. Token warmup and ``caption_dropout_every_n_epo
 the step or epoch and are refused outright. Encoding goes through the one conditioning route
 (:func:`sdxl_probe.pipeline.conditioning.encode_with`), with the same ``max_token_length`` and
 weighting as uncached training.
+
+On disk (sd-scripts' ``cache_text_encoder_outputs_to_disk``) each image's variants are one
+safetensors file named by a hash of what the encoding depends on: the processed caption variants
+themselves (so the raw caption, the caption settings, ``cache_text_variants``, the seed and the
+image's index all enter through them), ``max_token_length``, ``weighted`` and a hash of both
+encoders' weights. A file is used only when its stored key, captions, shapes and a sha256 of its
+tensor bytes all match; a truncated or corrupt file is named in one log line and re-encoded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +134,7 @@ class TextCache:
     captions: list[list[str]]
     context: list[torch.Tensor]  # per image (V_i, L, D)
     pooled: list[torch.Tensor]  # per image (V_i, P)
+    encoded: int = 0  # images whose variants this process had to encode (tests read it)
 
     def draw(self, indices: list[int], rng: random.Random) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """One variant per image, drawn with ``rng``: context (B, L, D), pooled (B, P), captions."""
@@ -134,23 +144,101 @@ class TextCache:
         return context, pooled, [self.captions[i][k] for i, k in zip(indices, ks, strict=True)]
 
 
-def build_text_cache(
-    te1, te2, images: list[TrainImage], *, n_variants: int, seed: int, model_max_length: int,
-    max_token_length: int | None, weighted: bool, batch_size: int = 32,
-) -> TextCache:  # fmt: skip
-    """Encode every image's caption variants once, without gradients."""
-    captions = [caption_variants(im, i, n_variants, seed) for i, im in enumerate(images)]
+def text_encoders_hash(te1: torch.nn.Module, te2: torch.nn.Module) -> str:
+    """A hash of both text encoders' weights (the disk text cache's model key)."""
+    from sdxl_probe.models.identity import modules_hash
+
+    return modules_hash([("text_encoder", te1), ("text_encoder_2", te2)])
+
+
+def text_key(captions: list[str], te_id: str, settings: dict) -> str:
+    """The disk key of one image's encoded variants: the processed captions, encoders and encode settings."""
+    text = json.dumps({"captions": captions, "te": te_id, **settings}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _tensor_digest(context: torch.Tensor, pooled: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for t in (context, pooled):
+        digest.update(t.contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+class TextDiskCache:
+    """One safetensors file per image under ``folder``: ``context (V, L, D)``, ``pooled (V, P)`` in fp32."""
+
+    def __init__(self, folder: Path, te_id: str, settings: dict, log: Callable[[str], None]):
+        self.folder, self.te_id, self.settings, self.log = Path(folder), te_id, settings, log
+
+    def path(self, captions: list[str]) -> Path:
+        return self.folder / f"{text_key(captions, self.te_id, self.settings)}.safetensors"
+
+    def read(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The stored (context, pooled) of these variants, or None (absent, or named and dropped when bad)."""
+        from safetensors import safe_open
+
+        path = self.path(captions)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta, context, pooled = f.metadata() or {}, f.get_tensor("context"), f.get_tensor("pooled")
+            ok = (meta.get("key") == path.stem and json.loads(meta.get("captions", "null")) == captions
+                  and context.dtype == pooled.dtype == torch.float32 and context.ndim == 3 and pooled.ndim == 2
+                  and context.shape[0] == pooled.shape[0] == len(captions)
+                  and meta.get("sha256") == _tensor_digest(context, pooled))  # fmt: skip
+            reason = "its key, captions, shapes or checksum do not match"
+        except Exception as e:  # safetensors raises its own error type on a truncated or garbled file
+            ok, reason = False, (str(e).splitlines() or [type(e).__name__])[0][:100]
+        if not ok:
+            self.log(f"text-encoder cache: {path} is truncated or corrupt ({reason}); re-encoding it")
+            return None
+        return context, pooled
+
+    def write(self, captions: list[str], context: torch.Tensor, pooled: torch.Tensor, image: TrainImage) -> None:
+        """Store one image's variants atomically (temp file, then rename)."""
+        from safetensors.torch import save_file
+
+        path = self.path(captions)
+        tensors = {"context": context.contiguous(), "pooled": pooled.contiguous()}
+        meta = {"key": path.stem, "captions": json.dumps(captions), "te": self.te_id, "image": str(image.path),
+                "sha256": _tensor_digest(tensors["context"], tensors["pooled"]),
+                **{k: str(v) for k, v in self.settings.items()}}  # fmt: skip
+        write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def _encode(te1, te2, captions: list[list[str]], batch_size: int, settings: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every image's variants encoded in batches of ``batch_size`` captions: per image (context, pooled)."""
     flat = [c for caps in captions for c in caps]
     ctx, pooled = [], []
     with torch.no_grad():
         for s in range(0, len(flat), batch_size):
-            enc = encode_with(te1, te2, flat[s : s + batch_size], model_max_length=model_max_length,
-                              max_token_length=max_token_length, weighted=weighted)  # fmt: skip
+            enc = encode_with(te1, te2, flat[s : s + batch_size], **settings)
             ctx.append(enc.context.float().cpu())
             pooled.append(enc.pooled.float().cpu())
+    if not flat:
+        return []
     all_ctx, all_pooled = torch.cat(ctx), torch.cat(pooled)  # (sum V_i, L, D), (sum V_i, P)
     bounds = [0]
     for caps in captions:
         bounds.append(bounds[-1] + len(caps))
-    return TextCache(captions, [all_ctx[a:b] for a, b in zip(bounds, bounds[1:], strict=False)],
-                     [all_pooled[a:b] for a, b in zip(bounds, bounds[1:], strict=False)])  # fmt: skip
+    return [(all_ctx[a:b], all_pooled[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def build_text_cache(
+    te1, te2, images: list[TrainImage], *, n_variants: int, seed: int, model_max_length: int,
+    max_token_length: int | None, weighted: bool, batch_size: int = 32, folder: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> TextCache:  # fmt: skip
+    """Encode every image's caption variants once, without gradients; with ``folder``, read what is
+    stored there and write what had to be encoded."""
+    captions = [caption_variants(im, i, n_variants, seed) for i, im in enumerate(images)]
+    settings = {"model_max_length": model_max_length, "max_token_length": max_token_length, "weighted": weighted}
+    disk = TextDiskCache(folder, text_encoders_hash(te1, te2), settings, log) if folder is not None else None
+    found = [disk.read(caps) if disk else None for caps in captions]
+    todo = [i for i, got in enumerate(found) if got is None]
+    for i, got in zip(todo, _encode(te1, te2, [captions[i] for i in todo], batch_size, settings), strict=True):
+        found[i] = got
+        if disk is not None:
+            disk.write(captions[i], *got, images[i])
+    return TextCache(captions, [c for c, _ in found], [p for _, p in found], encoded=len(todo))

@@ -5,9 +5,10 @@ Layout of RUN_DIR::
     config.json                    the resolved config (``--resume`` reads it)
     manifest.json                  the exact dataset: file, sha256, caption, sizes, split
     metrics.jsonl                  one line per optimizer step (loss, lr, grad_norm, val_loss)
-    state/step-XXXXXXXX.safetensors  resumable state (LoRA weights, AdamW, LR schedule), last K kept
+    state/step-XXXXXXXX.safetensors  resumable state (LoRA weights, optimizer, LR schedule, EMA), last K kept
     NAME-stepXXXXXXXX.safetensors  kohya LoRA per checkpoint, last K kept
     NAME.safetensors               the final kohya LoRA
+    NAME-ema.safetensors           the EMA of its weights ([training] ema_decay > 0)
     report.html                    curves and sample grids (:mod:`sdxl_probe.train.lora.report`)
     samples/step-XXXXXXXX/*.png    sample images
 
@@ -116,8 +117,10 @@ def save(run: Run, step: int, epoch: int) -> None:
     from sdxl_probe.train.lora.loop import resolved_config
 
     info = {"step": step, "epoch": epoch, "config": resolved_config(cfg)}
+    if run.accelerator.scaler is not None:  # fp16: the loss scale and its growth tracker
+        info["grad_scaler"] = run.accelerator.scaler.state_dict()
     save_state(run.run_dir / STATE_DIR / f"step-{step:08d}.safetensors", modules={"lora": holder},
-               optimizer=run.optimizer, lr_scheduler=run.lr_scheduler, ema=None, info=info)  # fmt: skip
+               optimizer=run.optimizer, lr_scheduler=run.lr_scheduler, ema=run.ema, info=info)  # fmt: skip
     k = cfg.saving.save_last_k
     for old in state_files(run.run_dir)[:-k]:
         old.unlink(missing_ok=True)
@@ -128,13 +131,44 @@ def save(run: Run, step: int, epoch: int) -> None:
 
 def _write_lora(run: Run, path: Path, step: int, epoch: int) -> Path:
     bh, bw = run.images[0].bucket
-    meta = kohya_metadata(run.cfg, images=run.images, steps=step, epoch=epoch, started=run.started_at,
+    meta = kohya_metadata(_shown_config(run), images=run.images, steps=step, epoch=epoch, started=run.started_at,
                           resolution=f"{bw}x{bh}", title=f"{run.cfg.saving.output_name} step {step}")  # fmt: skip
+    meta["ss_optimizer"] = optimizer_description(run.cfg)
     return save_kohya(path, lora_tensors(_models(run), run.components.unet.config), meta)
 
 
-def restore(run_dir: Path, network, components, optimizer, lr_scheduler, cfg, log) -> int:
-    """Load the latest state into the freshly built parts; returns its step."""
+def optimizer_description(cfg) -> str:
+    """sd-scripts' ``ss_optimizer``: the class and the arguments the run passed it."""
+    from sdxl_probe.train.lora.optimizers import describe, optimizer_kwargs
+
+    o = cfg.optimizer
+    return describe(o.type, optimizer_kwargs(o.type, o.optimizer_args, weight_decay=o.weight_decay,
+                                             betas=o.betas, eps=o.eps))  # fmt: skip
+
+
+def _shown_config(run: Run):
+    """The config with the optimizer's effective weight decay and betas (the section leaves them None)."""
+    import dataclasses
+
+    group = run.optimizer.param_groups[0]
+    o = run.cfg.optimizer
+    shown = dataclasses.replace(o, weight_decay=group.get("weight_decay", 0.0), betas=tuple(group.get("betas", ())))
+    return dataclasses.replace(run.cfg, optimizer=shown)
+
+
+def write_ema(run: Run, path: Path, step: int, epoch: int) -> Path:
+    """The EMA weights as a kohya file (swapped in, written, swapped back bit-exactly)."""
+    params = run.network.all_params()
+    run.ema.store(params)
+    run.ema.copy_to(params)
+    try:
+        return _write_lora(run, path, step, epoch)
+    finally:
+        run.ema.restore(params)
+
+
+def restore(run_dir: Path, network, components, optimizer, lr_scheduler, cfg, log, scaler=None, ema=None) -> int:
+    """Load the latest state into the freshly built parts (and fp16's GradScaler, the EMA); returns its step."""
     from sdxl_probe.train.lora.loop import resolved_config
 
     files = state_files(run_dir)
@@ -142,11 +176,15 @@ def restore(run_dir: Path, network, components, optimizer, lr_scheduler, cfg, lo
         raise ProbeError(f"{run_dir}: no saved state to resume (state/step-*.safetensors); start a new run instead")
     models = {name: getattr(components, name) for name in network.params}
     holder = network.state_module(models)
-    info = load_state(files[-1], modules={"lora": holder}, optimizer=optimizer, lr_scheduler=lr_scheduler, ema=None)
+    info = load_state(files[-1], modules={"lora": holder}, optimizer=optimizer, lr_scheduler=lr_scheduler, ema=ema)
+    if ema is not None:
+        ema.to(device=network.all_params()[0].device)
     now, then = resolved_config(cfg), info["config"]
     for key in RESUME_KEYS:
         if now[key] != then[key]:
             raise ProbeError(f"--resume {run_dir}: [{key}] differs from the saved run; resume with its config.json")
+    if scaler is not None and "grad_scaler" in info:
+        scaler.load_state_dict(info["grad_scaler"])
     _truncate_metrics(run_dir, info["step"])
     log(f"resumed {run_dir} at step {info['step']} from {files[-1].name}")
     return int(info["step"])
@@ -159,8 +197,15 @@ def finish(run: Run, step: int) -> Path:
 
     epoch = (step * run.cfg.training.gradient_accumulation_steps - 1) // run.order.per_epoch + 1
     path = _write_lora(run, out, step, epoch)
+    if run.ema is not None:
+        write_ema(run, ema_path(run.run_dir, run.cfg.saving.output_name), step, epoch)
     render_report(run.run_dir)
     return path
+
+
+def ema_path(run_dir: Path, output_name: str) -> Path:
+    """``NAME-ema.safetensors``: the EMA of the LoRA weights, beside ``NAME.safetensors``."""
+    return run_dir / f"{output_name}-ema.safetensors"
 
 
 def divergence_message(run: Run, step: int, micro_step: int, loss, timesteps, last_saved: int) -> str:

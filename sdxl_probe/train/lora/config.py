@@ -57,9 +57,13 @@ class DatasetSection:
     on_bad_image: Annotated[str, Choice("error", "skip")] = "error"  # an undecodable image stops the run or is named and skipped
     validation_split: Rate = 0.0  # share of images held out for validation loss (sd-scripts PR #1899)
     validation_seed: int = 0
+    reg_path: str | None = None  # kohya folder of regularization images (sd-scripts --reg_data_dir); or is_reg subsets
+    prior_loss_weight: Annotated[float, Range(0.0, 1000.0)] = 1.0  # loss weight of reg images (sd-scripts' default 1)
     cache_latents: Annotated[str, Choice("none", "memory", "disk")] = "none"
     cache_dir: str | None = None  # disk latent cache; default RUN_DIR/latent_cache
     cache_text_encoder_outputs: bool = False  # needs the text encoders frozen
+    cache_text_encoder_outputs_to_disk: bool = False  # sd-scripts' name; implies the cache; safetensors files
+    text_encoder_cache_dir: str | None = None  # disk text-encoder cache; default RUN_DIR/text_cache
     cache_text_variants: Annotated[int, Range(0, 1000)] = 0  # processed captions pre-encoded per image when captions are random
     max_token_length: Annotated[int, Choice(75, 150, 225)] = 75  # sd-scripts --max_token_length (75 = unset)
     weighted_captions: bool = False
@@ -80,34 +84,59 @@ class DatasetSection:
 
 @dataclass
 class NetworkSection:
-    """The LoRA (sd-scripts networks.lora defaults: dim 4, alpha 1)."""
+    """The network (sd-scripts networks.lora defaults: dim 4, alpha 1; LoHa/LoKr as LyCORIS names them)."""
 
     dim: Annotated[int, Range(1, 1024)] = 4
     alpha: Annotated[float, Range(0.0, 1024.0, lo_open=True)] = 1.0  # scale = alpha / dim
-    dropout: Rate = 0.0  # peft lora_dropout (on the LoRA branch input)
+    dropout: Rate = 0.0  # sd-scripts network_dropout: on the rank-r hidden down(x), in training only
     target: Annotated[str, Choice("attn", "transformer", "full")] = "transformer"  # sd-scripts' default targets
     conv_dim: Annotated[int, Range(1, 1024)] = 4  # 3x3 convs, target = "full" only
     conv_alpha: Annotated[float, Range(0.0, 1024.0, lo_open=True)] = 1.0
     train_unet: bool = True
     train_text_encoder_1: bool = False
     train_text_encoder_2: bool = False
+    type: str = "lora"  # lora (peft LoRA) | loha | lokr (peft's LyCORIS ports); the file is kohya/LyCORIS format
+    use_rslora: bool = False  # LoRA: scale alpha/sqrt(r) (Kalajdzievski 2023); exported with alpha*sqrt(r)
+    use_dora: bool = False  # LoRA: weight-decomposed (Liu et al. 2024), exported as dora_scale
+    factor: Annotated[int, Range(-1, 1024)] = -1  # LoKr: LyCORIS --network_args factor (peft decompose_factor); -1 balanced
+    decompose_both: bool = False  # LoKr: low-rank the left Kronecker factor too (LyCORIS/peft decompose_both)
+    block_dims: tuple[int, ...] | None = None  # 23 SDXL blocks (sd-scripts); 0 = no module in that block
+    block_alphas: tuple[float, ...] | None = None  # 23 values; default alpha everywhere
+    conv_block_dims: tuple[int, ...] | None = None  # 3x3 convs per block, target = "full" only
+    conv_block_alphas: tuple[float, ...] | None = None
+    down_lr_weight: tuple[float, ...] | None = None  # 9 multipliers of unet_lr (input_blocks 0-8); 0 = no module
+    mid_lr_weight: tuple[float, ...] | None = None  # 3 (middle_block 0-2)
+    up_lr_weight: tuple[float, ...] | None = None  # 9 (output_blocks 0-8)
+    network_weights: str | None = None  # start from this kohya file (sd-scripts --network_weights); keys must match
+
+    def __post_init__(self) -> None:
+        from sdxl_probe.train.lora.blocks import check_network_lists
+
+        check_network_lists(self)
 
 
 @dataclass
 class OptimizerSection:
-    """AdamW and diffusers' ``get_scheduler``."""
+    """The optimizer (sd-scripts ``--optimizer_type`` names, :mod:`~sdxl_probe.train.lora.optimizers`) and diffusers' ``get_scheduler``."""
 
+    type: str = "AdamW"  # AdamW AdamW8bit Lion Prodigy DAdaptAdam SGD SGDNesterov AdamWScheduleFree (any case)
+    optimizer_args: dict[str, Any] = field(default_factory=dict)  # passed to the constructor, checked against it
     unet_lr: LearningRate = 1e-4
     text_encoder_1_lr: LearningRate = 1e-5
     text_encoder_2_lr: LearningRate = 1e-5
-    weight_decay: Annotated[float, Range(0.0, 1.0)] = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 1e-8
+    weight_decay: Annotated[float | None, Range(0.0, 1.0)] = None  # None: the optimizer's default (AdamW 0.01)
+    betas: tuple[float, float] | None = None  # None: the optimizer's default (AdamW (0.9, 0.999), Lion (0.9, 0.99))
+    eps: Annotated[float | None, Range(0.0, 1.0, lo_open=True)] = None  # None: the optimizer's default (AdamW 1e-8)
     lr_scheduler: Annotated[
         str, Choice("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
     ] = "constant"  # sd-scripts' default
     lr_warmup_steps: Annotated[int, Range(0, 10**8)] = 0
     max_grad_norm: Annotated[float, Range(0.0, 1e6)] = 1.0  # 0 disables clipping
+
+    def __post_init__(self) -> None:
+        from sdxl_probe.train.lora.optimizers import canonical_name
+
+        self.type = canonical_name(self.type)  # sd-scripts spellings are case-insensitive
 
 
 @dataclass
@@ -121,10 +150,11 @@ class TrainingSection:
     noise_offset: Annotated[float, Range(0.0, 1.0)] = 0.0
     min_timestep: Annotated[int, Range(0, 1000)] = 0
     max_timestep: Annotated[int, Range(1, 1000)] = 1000
-    mixed_precision: Annotated[str, Choice("no", "bf16")] = "no"  # bf16: autocast of the forward pass
-    gradient_checkpointing: bool = False
+    mixed_precision: Annotated[str, Choice("no", "fp16", "bf16")] = "no"  # accelerate's autocast; weights stay fp32
+    gradient_checkpointing: bool = False  # recompute activations in backward: UNet and trained text encoders
     threads: Annotated[int, Range(0, 1024)] = 0  # torch intra-op threads (0: torch's default)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps, checked against torch before the model loads
+    ema_decay: Annotated[float, Range(0.0, 1.0, hi_open=True)] = 0.0  # EMA of the LoRA weights (0 = off), diffusers EMAModel
 
     def checks(self) -> list[tuple[str, str, str]]:
         if self.min_timestep >= self.max_timestep:
@@ -159,7 +189,11 @@ class LoggingSection:
     validate_every_n_steps: EveryN = 0  # 0: at every save (when a validation split is set)
     validation_timesteps: tuple[int, ...] = (200, 400, 600, 800)  # sd-scripts: linspace(min, max, 6)[1:-1]
     progress_bar: bool = True
-    tensorboard: bool = False  # event files in RUN_DIR/tensorboard; needs the tensorboard package
+    tensorboard: bool = False  # alias of "tensorboard" in backends (event files in RUN_DIR/tensorboard)
+    backends: Annotated[tuple[str, ...], Choice("tensorboard", "mlflow", "wandb")] = ()  # experiment trackers
+    mlflow_tracking_uri: str | None = None  # None: a local store in RUN_DIR/mlruns; or a server, http://host:5000
+    mlflow_experiment: str = "sdxl-probe"
+    wandb_project: str = "sdxl-probe"  # wandb runs offline in RUN_DIR/wandb; `wandb sync` uploads it
 
 
 @dataclass
@@ -259,8 +293,6 @@ def load_run_config(run_dir: str | Path, overrides: list[str] = ()) -> TrainConf
 
 def to_toml(cfg: TrainConfig) -> str:
     """The resolved config as TOML text (unset values as comments), for ``--print-config``."""
-    import json
-
     lines = []
     for section in dataclasses.fields(cfg):
         lines.append(f"[{section.name}]")
@@ -268,6 +300,20 @@ def to_toml(cfg: TrainConfig) -> str:
             if value is None:
                 lines.append(f"# {key} = (unset)")
             else:
-                lines.append(f"{key} = {json.dumps(list(value) if isinstance(value, tuple) else value)}")
+                lines.append(f"{key} = {toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def toml_value(value: Any) -> str:
+    """One TOML value: tables (``optimizer_args``) inline, tuples as arrays, inf/nan as TOML spells them."""
+    import json
+    import math
+
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return json.dumps(value)

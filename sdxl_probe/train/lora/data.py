@@ -7,14 +7,21 @@ Buckets and crops follow sd-scripts (``library/model_util.make_bucket_resolution
 it and centre-cropped. SDXL micro-conditioning gets the **true** original size (the image on
 disk) and the crop's top-left in the resized image; a flipped image mirrors the left crop.
 
+Regularization images (kohya ``is_reg`` subsets, or the ``reg_path`` folder: sd-scripts'
+``reg_data_dir``) are repeated or cut to the training count as sd-scripts'
+``DreamBoothDataset.__init__`` does (:func:`balanced_repeats`), are never held out for validation,
+and carry the per-sample loss weight ``prior_loss_weight`` (sd-scripts' ``loss_weights``).
+
 The batch order is a pure function of (seed, epoch): a resumed run draws the same batches.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -41,6 +48,7 @@ class TrainImage:
         sha256: hash of the image file's bytes (manifest, latent-cache key).
         original: (h, w) of the image on disk.
         bucket: (h, w) it is trained at.
+        is_reg: a regularization image (sd-scripts ``is_reg``): balanced and loss-weighted.
     """
 
     path: Path
@@ -51,6 +59,7 @@ class TrainImage:
     sha256: str
     original: tuple[int, int]
     bucket: tuple[int, int]
+    is_reg: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,17 +112,23 @@ def make_buckets(b: Buckets) -> list[tuple[int, int]]:
     return sorted(resos)
 
 
-def select_bucket(b: Buckets, buckets: list[tuple[int, int]], h: int, w: int) -> tuple[int, int]:
-    """The (h, w) bucket of an image (sd-scripts ``BucketManager.select_bucket``)."""
+def select_bucket(b: Buckets, buckets: list[tuple[int, int]], h: int, w: int) -> tuple[int, int] | None:
+    """The (h, w) bucket of an image (sd-scripts ``BucketManager.select_bucket``).
+
+    Under ``bucket_no_upscale`` the bucket is the image (shrunk to the area) rounded down to
+    ``bucket_reso_steps``, and min/max_bucket_reso do not apply (as in sd-scripts). A side that rounds
+    down to 0 would need upscaling (sd-scripts makes a zero-size bucket): None, the image is unusable.
+    """
     if not b.enable:
         return b.resolution, b.resolution
     aspect = w / h
     if b.no_upscale:
+        rh, rw = float(h), float(w)
         if w * h > b.resolution**2:  # shrink to the area, keep the aspect, round to steps
             rw = math.sqrt(b.resolution**2 * aspect)
             rh = b.resolution**2 / rw
-            return max(b.steps, int(rh // b.steps) * b.steps), max(b.steps, int(rw // b.steps) * b.steps)
-        return max(b.steps, h // b.steps * b.steps), max(b.steps, w // b.steps * b.steps)
+        bh, bw = int(rh // b.steps) * b.steps, int(rw // b.steps) * b.steps
+        return (bh, bw) if bh and bw else None
     return min(buckets, key=lambda hw: abs(hw[1] / hw[0] - aspect))
 
 
@@ -148,37 +163,82 @@ def load_pixels(image: TrainImage, flipped: bool) -> np.ndarray:
 
 def read_images(
     path: str, *, caption_extension: str | None, caption_settings: dict, buckets: Buckets,
-    on_bad_image: str, log: Callable[[str], None],
+    on_bad_image: str, log: Callable[[str], None], reg_path: str | None = None,
 ) -> list[TrainImage]:  # fmt: skip
-    """Open the dataset (the data room's one reader) and decode every image's size.
+    """Open the dataset (and the ``reg_path`` folder) with the data room's one reader, decode every size.
 
     Raises:
         DatasetError: missing dataset or image folder, a caption file that is not UTF-8, an
-            undecodable image (unless ``on_bad_image = "skip"``: then it is named and skipped),
-            or no image at all.
+            undecodable image (unless ``on_bad_image = "skip"``: then it is named and skipped), a
+            subset left without a usable image, or no training image at all (see :func:`_check_subsets`).
     """
-    ds = open_dataset(path, caption_extension=caption_extension,
-                      cli_defaults={k: v for k, v in caption_settings.items() if k in CAPTION_OPTION_KEYS})  # fmt: skip
+    cli = {k: v for k, v in caption_settings.items() if k in CAPTION_OPTION_KEYS}
+    datasets = [open_dataset(path, caption_extension=caption_extension, cli_defaults=cli)]
+    if reg_path:  # sd-scripts' reg_data_dir: a kohya folder whose every subset is is_reg
+        reg = open_dataset(reg_path, caption_extension=caption_extension, cli_defaults=cli)
+        reg.subsets = [dataclasses.replace(sub, is_reg=True) for sub in reg.subsets]
+        datasets.append(reg)
     table = make_buckets(buckets) if buckets.enable else []
-    images = []
-    for rec in ds.records():
-        if rec.non_utf8:
-            raise DatasetError(f"{rec.caption_file}: caption file is not valid UTF-8; re-save it as UTF-8")
-        if rec.image is None:
-            continue
-        size, digest = _decode(Path(rec.image), on_bad_image, log)
-        if size is None:
-            continue
-        opts = caption_options({**caption_settings, **rec.subset.caption_options})
-        images.append(TrainImage(Path(rec.image), rec.caption, opts, rec.subset.num_repeats, rec.subset.name, digest,
-                                 size, select_bucket(buckets, table, *size)))  # fmt: skip
+    images: list[TrainImage] = []
+    for ds in datasets:
+        tally: dict[int, Counter] = {}
+        for rec in ds.records():
+            image = _train_image(rec, caption_settings, buckets, table, on_bad_image, log, tally)
+            if image is not None:
+                images.append(image)
+        _check_subsets(ds, tally, buckets)
+    if images and all(im.is_reg for im in images):
+        raise DatasetError(f"{path}: only regularization images (is_reg subsets or reg_path); add a subset of "
+                           "training images without is_reg")  # fmt: skip
+    if not images:
+        raise DatasetError(f"{path}: no trainable images found ({dict(datasets[0].issues.counts) or 'empty'}); "
+                           "give a kohya folder with N_name subfolders of images and captions")  # fmt: skip
+    return images
+
+
+def _train_image(rec, caption_settings: dict, buckets: Buckets, table, on_bad_image: str, log,
+                 tally: dict[int, Counter]) -> TrainImage | None:  # fmt: skip
+    """One record as a TrainImage, or None (no image, skipped undecodable, too small); counts per subset."""
+    if rec.non_utf8:
+        raise DatasetError(f"{rec.caption_file}: caption file is not valid UTF-8; re-save it as UTF-8")
+    if rec.image is None:
+        return None
+    counts = tally.setdefault(id(rec.subset), Counter())
+    counts["listed"] += 1
+    size, digest = _decode(Path(rec.image), on_bad_image, log)
+    if size is None:
+        counts["undecodable"] += 1
+        return None
+    bucket = select_bucket(buckets, table, *size)
+    if bucket is None:
+        counts["too small"] += 1
+        log(f"skipped {rec.image}: {size[0]}x{size[1]} px has a side under bucket_reso_steps = {buckets.steps} "
+            "and bucket_no_upscale forbids upscaling it")  # fmt: skip
+        return None
+    opts = caption_options({**caption_settings, **rec.subset.caption_options})
+    return TrainImage(Path(rec.image), rec.caption, opts, rec.subset.num_repeats, rec.subset.name, digest, size,
+                      bucket, rec.subset.is_reg)  # fmt: skip
+
+
+def _check_subsets(ds, tally: dict[int, Counter], buckets: Buckets) -> None:
+    """A missing image folder, or a subset with no usable image, is one line naming it and the fix."""
     missing = ds.issues.examples.get("missing_image_dir")
     if missing:
         raise DatasetError(missing[0][1])
-    if not images:
-        raise DatasetError(f"{path}: no trainable images found ({dict(ds.issues.counts) or 'empty'}); "
-                           "give a kohya folder with N_name subfolders of images and captions")  # fmt: skip
-    return images
+    for sub in ds.subsets:
+        counts = tally.get(id(sub), Counter())
+        if counts["listed"] > counts["undecodable"] + counts["too small"]:
+            continue
+        where = f"{sub.image_dir or sub.metadata_file}: subset '{sub.name}'{' (is_reg)' if sub.is_reg else ''}"
+        if not counts["listed"]:
+            raise DatasetError(f"{where} has no images; add images (png, jpg, webp, ... directly in that folder) "
+                               "or remove the subset")  # fmt: skip
+        fixes = ["fix or replace the undecodable images"] if counts["undecodable"] else []
+        if counts["too small"]:
+            fixes.append(f"lower bucket_reso_steps (now {buckets.steps}) or set bucket_no_upscale = false")
+        raise DatasetError(f"{where} has no usable image ({counts['listed']} found: {counts['undecodable']} "
+                           f"undecodable, {counts['too small']} too small); {' or '.join(fixes)}, "
+                           "or remove the subset")  # fmt: skip
 
 
 def _decode(path: Path, on_bad_image: str, log) -> tuple[tuple[int, int] | None, str]:
@@ -206,12 +266,57 @@ def split_validation(n: int, share: float, seed: int) -> tuple[list[int], list[i
     return [i for i in range(n) if i not in held], sorted(held)
 
 
+def split_images(images: list[TrainImage], share: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) indices: :func:`split_validation` over the training images only; every
+    regularization image trains (without one, the same split as ``split_validation(len(images))``)."""
+    pool = [i for i, im in enumerate(images) if not im.is_reg]
+    train, held = split_validation(len(pool), share, seed) if pool else ([], [])
+    kept = {pool[j] for j in train}
+    return [i for i in range(len(images)) if i in kept or images[i].is_reg], [pool[j] for j in held]
+
+
+def balanced_repeats(images: list[TrainImage], train_idx: list[int]) -> dict[int, int]:
+    """Repeats per trained image, regularization images balanced against the training count.
+
+    A transcription of sd-scripts' ``DreamBoothDataset.__init__``: ``num_train_images`` is the sum of
+    the training images' repeats. Walking the reg images in order, the first pass registers each
+    with its own repeats until the running count reaches ``num_train_images`` (the rest are unused);
+    later passes add one repeat per image until it does. So with fewer reg images (counting repeats)
+    than training images the reg count is repeated up to exactly the training count; with more,
+    only the first ones are used, and the count may pass the training count by less than the last
+    image's repeats (exactly equal when reg repeats are 1). Unused reg images get 0.
+    """
+    repeats = {i: images[i].repeats for i in train_idx if not images[i].is_reg}
+    reg = [i for i in train_idx if images[i].is_reg]
+    num_train = sum(repeats.values())
+    repeats.update({i: 0 for i in reg})
+    n, first_loop = 0, True
+    while reg and n < num_train:
+        for i in reg:
+            if first_loop:
+                repeats[i] = images[i].repeats
+                n += repeats[i]
+            else:
+                repeats[i] += 1
+                n += 1
+            if n >= num_train:
+                break
+        first_loop = False
+    return repeats
+
+
 class BatchOrder:
     """Which images each micro-batch holds: per epoch, each bucket's repeated images shuffled and cut
-    into batches, then the batches shuffled (sd-scripts' order), all from ``Random(seed, epoch)``."""
+    into batches, then the batches shuffled (sd-scripts' order), all from ``Random(seed, epoch)``.
+    Batches are never empty; the last of a bucket may be short (as in sd-scripts)."""
 
-    def __init__(self, images: list[TrainImage], train_idx: list[int], batch_size: int, seed: int):
+    def __init__(self, images: list[TrainImage], train_idx: list[int], batch_size: int, seed: int,
+                 prior_loss_weight: float = 1.0):  # fmt: skip
         self.images, self.train_idx, self.batch_size, self.seed = images, train_idx, batch_size, seed
+        self.prior_loss_weight = prior_loss_weight
+        self.repeats = balanced_repeats(images, train_idx)
+        if not any(self.repeats.values()):
+            raise DatasetError("no image left to train on after the validation split; lower validation_split")
         self.per_epoch = len(self.epoch(0))
 
     @lru_cache(maxsize=2)  # noqa: B019 - one order object per run
@@ -219,7 +324,7 @@ class BatchOrder:
         rng = random.Random(f"{self.seed}-order-{epoch}")
         by_bucket: dict[tuple[int, int], list[int]] = {}
         for i in self.train_idx:
-            by_bucket.setdefault(self.images[i].bucket, []).extend([i] * self.images[i].repeats)
+            by_bucket.setdefault(self.images[i].bucket, []).extend([i] * self.repeats[i])
         batches = []
         for bucket in sorted(by_bucket):
             items = by_bucket[bucket]
@@ -233,10 +338,16 @@ class BatchOrder:
         epoch = micro_step // self.per_epoch
         return epoch, self.epoch(epoch)[micro_step % self.per_epoch]
 
+    def loss_weights(self, idx: list[int]) -> list[float]:
+        """Per-sample loss weights (sd-scripts ``loss_weights``): ``prior_loss_weight`` for reg images, else 1."""
+        return [self.prior_loss_weight if self.images[i].is_reg else 1.0 for i in idx]
+
 
 def manifest(images: list[TrainImage], validation: list[int]) -> list[dict]:
-    """The exact dataset of a run: file, hash, caption, sizes and split per image."""
+    """The exact dataset of a run: file, hash, caption, sizes, split and repeats trained per epoch per image."""
     held = set(validation)
+    trained = balanced_repeats(images, [i for i in range(len(images)) if i not in held])
     return [{"file": str(im.path), "sha256": im.sha256, "caption": im.caption, "subset": im.subset,
-             "repeats": im.repeats, "original": list(im.original), "bucket": list(im.bucket),
+             "is_reg": im.is_reg, "repeats": im.repeats, "trained_repeats": trained.get(i, 0),
+             "original": list(im.original), "bucket": list(im.bucket),
              "split": "validation" if i in held else "train"} for i, im in enumerate(images)]  # fmt: skip

@@ -2,12 +2,16 @@
 
 Objective: epsilon prediction on the model's own DDPM schedule (Ho et al. 2020), optionally
 weighted by min(SNR, gamma) / SNR (Hang et al. 2023, diffusers ``compute_snr``), with sd-scripts'
-noise offset (``noise + offset * randn(B, C, 1, 1)``). AdamW and diffusers' ``get_scheduler``.
+noise offset (``noise + offset * randn(B, C, 1, 1)``). The optimizer by sd-scripts name (:mod:`~sdxl_probe.train.lora.optimizers`), diffusers'
+``get_scheduler``, an optional EMA of the LoRA weights. Precision through accelerate
+(:func:`make_accelerator`): its autocast (bf16/fp16) around the forward, its backward and clipping
+(GradScaler for fp16); base and LoRA weights stay fp32. One optimizer step is :func:`optimizer_step`
+(the benchmark times it too).
 
 Determinism: every micro-step draws its images (:class:`~sdxl_probe.train.lora.data.BatchOrder`),
 flips, caption randomness, noise, timesteps and LoRA dropout from generators derived from
 (seed, micro-step) alone (:func:`sdxl_probe.train.toy_recipe.data.step_rng`), so the resumable
-state is just weights, AdamW moments and the LR schedule (no pickle, no RNG snapshots), and a
+state is just weights, the optimizer's state, the EMA and the LR schedule (no pickle, no RNG snapshots), and a
 resumed run equals an uninterrupted one bit for bit on the CPU.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +29,7 @@ from typing import Any
 
 import torch
 
-from sdxl_probe.errors import ProbeError
+from sdxl_probe.errors import ConfigError, ProbeError
 from sdxl_probe.pipeline.conditioning import encode_with, predict_noise, time_ids
 from sdxl_probe.pipeline.noising import add_noise, seeded_noise, training_scheduler
 from sdxl_probe.pipeline.vae import encode_images
@@ -40,9 +45,17 @@ from sdxl_probe.train.lora.data import (
     load_pixels,
     micro_conditioning,
     read_images,
-    split_validation,
+    split_images,
 )
-from sdxl_probe.train.lora.network import LoraNetwork, build_network
+from sdxl_probe.train.lora.network import LoraNetwork, network_from_config
+from sdxl_probe.train.lora.optimizers import (
+    build_ema,
+    build_optimizer,
+    check_optimizer,
+    eval_weights,
+    optimizer_kwargs,
+    start_training,
+)
 from sdxl_probe.train.state import TrainingStopped, graceful_stop
 from sdxl_probe.train.toy_recipe.data import step_rng
 
@@ -71,6 +84,8 @@ class Run:
     device: torch.device
     start_step: int
     started_at: float
+    accelerator: Any  # accelerate.Accelerator: autocast, backward, clipping (see make_accelerator)
+    ema: Any = None  # diffusers EMAModel of the LoRA weights ([training] ema_decay > 0), else None
 
 
 # ----------------------------------------------------------------------------- setup
@@ -89,6 +104,7 @@ def setup(cfg: TrainConfig, run_dir: Path, *, resume: bool, log=print, component
 
     t = cfg.training
     device = torch.device(resolve_device(t.device, option="[training] device"))  # weights stay fp32: master copy
+    accelerator = make_accelerator(device, t.mixed_precision)  # before any weight loads: fp16 on the CPU is refused
     if t.threads:
         torch.set_num_threads(t.threads)
     buckets = Buckets(cfg.dataset.resolution, cfg.dataset.enable_bucket, cfg.dataset.min_bucket_reso,
@@ -104,34 +120,79 @@ def setup(cfg: TrainConfig, run_dir: Path, *, resume: bool, log=print, component
         check_buckets(buckets, size_multiple(dict(components.unet.config), dict(components.vae.config)))
         images = _images(cfg, buckets, log)
     components.to(device=device)
-    train_idx, val_idx = split_validation(len(images), cfg.dataset.validation_split, cfg.dataset.validation_seed)
-    order = BatchOrder(images, train_idx, cfg.dataset.batch_size, t.seed)
+    train_idx, val_idx = split_images(images, cfg.dataset.validation_split, cfg.dataset.validation_seed)
+    order = BatchOrder(images, train_idx, cfg.dataset.batch_size, t.seed, cfg.dataset.prior_loss_weight)
     latents = _latent_cache(cfg, run_dir, components, images, log)
-    text = _text_cache(cfg, components, images, log)
+    text = _text_cache(cfg, run_dir, components, images, log)
     n = cfg.network
-    network = build_network(components, preset=n.target, dim=n.dim, alpha=n.alpha, dropout=n.dropout,
-                            conv_dim=n.conv_dim, conv_alpha=n.conv_alpha, train_unet=n.train_unet,
-                            train_te1=n.train_text_encoder_1, train_te2=n.train_text_encoder_2, seed=t.seed)  # fmt: skip
+    network = network_from_config(components, n, seed=t.seed, log=log)
     if not network.params:
         raise ProbeError("[network] trains nothing: set train_unet, train_text_encoder_1 or train_text_encoder_2")
     if t.gradient_checkpointing:
-        components.unet.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(_param_groups(cfg, network), betas=tuple(cfg.optimizer.betas),
-                                  eps=cfg.optimizer.eps, weight_decay=cfg.optimizer.weight_decay)  # fmt: skip
+        enable_checkpointing(components, network)
+    o = cfg.optimizer
+    optimizer = build_optimizer(o.type, _param_groups(cfg, network), optimizer_kwargs(o.type, o.optimizer_args,
+                                weight_decay=o.weight_decay, betas=o.betas, eps=o.eps), device=str(device))  # fmt: skip
+    ema = build_ema(network.all_params(), t.ema_decay)
     lr_scheduler = get_scheduler(cfg.optimizer.lr_scheduler, optimizer, num_warmup_steps=cfg.optimizer.lr_warmup_steps,
                                  num_training_steps=t.max_train_steps)  # fmt: skip
     start = 0
     if resume:
-        start = checkpoints.restore(run_dir, network, components, optimizer, lr_scheduler, cfg, log)
+        start = checkpoints.restore(run_dir, network, components, optimizer, lr_scheduler, cfg, log,
+                                    scaler=accelerator.scaler, ema=ema)  # fmt: skip
+    start_training(optimizer)  # schedule-free: weights to y (a saved state holds the average x)
+    optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)  # fp16: steps skipped on overflow
+    for _, model in components.models():  # dropout and checkpointing on where something trains
+        model.train(any(p.requires_grad for p in model.parameters()))
     return Run(cfg, run_dir, components, images, train_idx, val_idx, order, latents, text, network, optimizer,
-               lr_scheduler, training_scheduler(components.scheduler.config), device, start, time.time())  # fmt: skip
+               lr_scheduler, training_scheduler(components.scheduler.config), device, start, time.time(),
+               accelerator, ema)  # fmt: skip
+
+
+def make_accelerator(device: torch.device, mixed_precision: str):
+    """accelerate's ``Accelerator`` for ``device``: its autocast, backward (GradScaler for fp16), clipping.
+
+    It places nothing (``device_placement=False``: the trainer moved the models) and draws no
+    randomness (every draw comes from the (seed, micro-step) generators), so CPU resume stays
+    bit-exact. A multi-GPU run (``accelerate launch``) will only have to ``prepare`` the models too.
+    In a single process the shared accelerate state is reset first, so one process can train runs
+    of different precisions one after another (tests, studies).
+    """
+    if mixed_precision == "fp16" and device.type == "cpu":
+        raise ConfigError('[training] mixed_precision = "fp16" on the CPU: fp16 autocast is about 8x slower than '
+                          'fp32 there; use "bf16" or "no", or a CUDA device')  # fmt: skip
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    if not PartialState._shared_state or PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu", device_placement=False)
+
+
+def enable_checkpointing(components, network: LoraNetwork) -> None:
+    """Recompute activations in backward: the UNet, and each text encoder that trains.
+
+    diffusers checkpoints only while gradients are enabled and transformers only in train mode, so
+    validation and sampling (``no_grad``, eval mode) run plain forwards. Non-reentrant checkpointing:
+    the frozen inputs need no ``requires_grad`` for the LoRA weights inside to get gradients.
+    """
+    components.unet.enable_gradient_checkpointing()
+    kwargs = {"use_reentrant": False}
+    for name in ("text_encoder", "text_encoder_2"):
+        if name not in network.params:
+            continue
+        encoder = getattr(components, name)
+        if hasattr(encoder, "activation_checkpointing_enable"):  # transformers 5 name
+            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _images(cfg: TrainConfig, buckets: Buckets, log) -> list[TrainImage]:
     d = cfg.dataset
     settings = {f.name: getattr(d, f.name) for f in dataclasses.fields(CaptionOptions)}
     return read_images(d.path, caption_extension=d.caption_extension, caption_settings=settings, buckets=buckets,
-                       on_bad_image=d.on_bad_image, log=log)  # fmt: skip
+                       on_bad_image=d.on_bad_image, log=log, reg_path=d.reg_path)  # fmt: skip
 
 
 def _latent_cache(cfg: TrainConfig, run_dir: Path, components, images: list[TrainImage], log) -> LatentCache | None:
@@ -148,23 +209,37 @@ def _latent_cache(cfg: TrainConfig, run_dir: Path, components, images: list[Trai
     return cache
 
 
-def _text_cache(cfg: TrainConfig, components, images: list[TrainImage], log) -> TextCache | None:
+def _text_cache(cfg: TrainConfig, run_dir: Path, components, images: list[TrainImage], log) -> TextCache | None:
     d, n = cfg.dataset, cfg.network
-    if not d.cache_text_encoder_outputs:
+    if not (d.cache_text_encoder_outputs or d.cache_text_encoder_outputs_to_disk):  # to_disk implies it (sd-scripts)
         return None
+    folder = Path(d.text_encoder_cache_dir or run_dir / "text_cache") if d.cache_text_encoder_outputs_to_disk else None
     check_text_cache(images, d.cache_text_variants, n.train_text_encoder_1 or n.train_text_encoder_2)
     cache = build_text_cache(components.text_encoder, components.text_encoder_2, images,
                              n_variants=d.cache_text_variants, seed=cfg.training.seed,
                              model_max_length=components.tokenizer.model_max_length,
-                             max_token_length=_mtl(cfg), weighted=d.weighted_captions)  # fmt: skip
-    log(f"text-encoder cache: {sum(len(c) for c in cache.captions)} encoded captions for {len(images)} images")
+                             max_token_length=_mtl(cfg), weighted=d.weighted_captions, folder=folder, log=log)  # fmt: skip
+    log(f"text-encoder cache: {sum(len(c) for c in cache.captions)} captions for {len(images)} images, "
+        f"{cache.encoded} images encoded now")
     return cache
 
 
 def _param_groups(cfg: TrainConfig, network: LoraNetwork) -> list[dict]:
+    """One group per trained model; with sd-scripts' block lr weights, one per UNet block (lr x weight)."""
+    from sdxl_probe.train.lora.blocks import block_lr_weights
+
     lrs = {"unet": cfg.optimizer.unet_lr, "text_encoder": cfg.optimizer.text_encoder_1_lr,
            "text_encoder_2": cfg.optimizer.text_encoder_2_lr}  # fmt: skip
-    return [{"params": ps, "lr": lrs[name], "name": name} for name, ps in network.params.items()]
+    n = cfg.network
+    weights = block_lr_weights(n.down_lr_weight, n.mid_lr_weight, n.up_lr_weight)
+    groups = []
+    for name, ps in network.params.items():
+        if name == "unet" and weights is not None:
+            groups += [{"params": bps, "lr": lrs[name] * weights[b], "name": f"unet_block{b:02d}"}
+                       for b, bps in sorted(network.unet_blocks.items())]  # fmt: skip
+        else:
+            groups.append({"params": ps, "lr": lrs[name], "name": name})
+    return groups
 
 
 def _mtl(cfg: TrainConfig) -> int | None:
@@ -206,11 +281,15 @@ def batch_conditioning(run: Run, idx: list[int], rng, epoch: int, step: int) -> 
     return enc.context, enc.pooled
 
 
-def epsilon_loss(pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, noise_scheduler, gamma: float) -> torch.Tensor:
-    """Mean over the batch of the per-sample MSE, weighted min(SNR, gamma) / SNR when gamma > 0."""
+def epsilon_loss(pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, noise_scheduler, gamma: float,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Mean over the batch of the per-sample MSE, weighted min(SNR, gamma) / SNR when gamma > 0, and by
+    ``weights`` (B,) when given (sd-scripts' ``loss_weights``: prior_loss_weight on reg images)."""
     from diffusers.training_utils import compute_snr
 
     per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    if weights is not None:
+        per_sample = per_sample * weights
     if gamma > 0:
         snr = compute_snr(noise_scheduler, t)
         per_sample = per_sample * torch.clamp(snr, max=gamma) / snr
@@ -269,73 +348,131 @@ def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, log=print, c
     A second process training into the same ``run_dir`` is refused (a lock beside it names the pid).
     """
     from sdxl_probe.outputs import hold_lock
+    from sdxl_probe.train.lora.trackers import open_trackers
 
-    with hold_lock(Path(run_dir), option="[saving] output_dir"):
-        return _train(cfg, Path(run_dir), resume=resume, log=log, components=components)
+    _check_optimizer(cfg)  # its package, arguments and device, before any weight loads (trackers: their packages)
+    with hold_lock(Path(run_dir), option="[saving] output_dir"), open_trackers(
+        cfg.logging, Path(run_dir), params=resolved_config(cfg), run_name=cfg.saving.output_name, resume=resume
+    ) as trackers:
+        return _train(cfg, Path(run_dir), resume=resume, log=log, components=components, trackers=trackers)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, log, components) -> Path:
-    """The loop (see the module docstring): setup, then one optimizer step per iteration."""
-    tensorboard = checkpoints.tensorboard_writer(cfg.logging.tensorboard, run_dir)  # before any model loads
+def _check_optimizer(cfg: TrainConfig) -> None:
+    from sdxl_probe.pipeline.device import resolve_device
+
+    o, n = cfg.optimizer, cfg.network
+    lrs = [lr for lr, on in ((o.unet_lr, n.train_unet), (o.text_encoder_1_lr, n.train_text_encoder_1),
+                             (o.text_encoder_2_lr, n.train_text_encoder_2)) if on]  # fmt: skip
+    kwargs = optimizer_kwargs(o.type, o.optimizer_args, weight_decay=o.weight_decay, betas=o.betas, eps=o.eps)
+    check_optimizer(o.type, kwargs, device=resolve_device(cfg.training.device, option="[training] device"),
+                    lrs=tuple(lrs))  # fmt: skip
+
+
+def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, log, components, trackers) -> Path:
+    """The loop (see the module docstring): setup, then one optimizer step per iteration.
+
+    Validation, samples and saving see a schedule-free optimizer's average weights (``eval_weights``).
+    """
     run = setup(cfg, run_dir, resume=resume, log=log, components=components)
     checkpoints.write_run_files(run, fresh=not resume)
-    t, seed, accum = cfg.training, cfg.training.seed, cfg.training.gradient_accumulation_steps
-    unet, params = run.components.unet, run.network.all_params()
-    for _, model in run.components.models():
-        model.train(any(p.requires_grad for p in model.parameters()))
+    t = cfg.training
     step, last_saved = run.start_step, run.start_step
     bar = _progress(cfg, step)
     t0 = time.time()
     with graceful_stop() as stop:
         while step < t.max_train_steps:
-            loss_sum = 0.0
-            for a in range(accum):
-                m = step * accum + a  # global micro-step: the key of every random draw below
-                rng, gen = step_rng(seed, "lora", m)
-                torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # LoRA dropout
-                epoch, idx = run.order.at(m)
-                flips = [cfg.dataset.flip_aug and rng.random() < 0.5 for _ in idx]
-                x0 = batch_latents(run, idx, flips)  # (B, C, h, w)
-                noise = torch.randn(x0.shape, generator=gen)
-                if t.noise_offset:
-                    noise = noise + t.noise_offset * torch.randn((*x0.shape[:2], 1, 1), generator=gen)
-                timesteps = torch.randint(t.min_timestep, t.max_timestep, (len(idx),), generator=gen)
-                x0, noise, timesteps = x0.to(run.device), noise.to(run.device), timesteps.to(run.device)
-                xt = add_noise(run.noise_scheduler, x0, noise, timesteps)
-                with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=t.mixed_precision == "bf16"):
-                    context, pooled = batch_conditioning(run, idx, rng, epoch, step)  # (B, L, D), (B, P)
-                    tids = batch_time_ids(run, idx, flips).to(run.device)  # (B, 6)
-                    pred = predict_noise(unet, xt, timesteps, context=context, pooled=pooled, tids=tids).float()
-                loss = epsilon_loss(pred, noise, timesteps, run.noise_scheduler, t.min_snr_gamma)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(checkpoints.divergence_message(run, step, m, loss, timesteps, last_saved))
-                (loss / accum).backward()
-                loss_sum += loss.item() / accum
-            grad_norm = None
-            if cfg.optimizer.max_grad_norm > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optimizer.max_grad_norm))
-            run.optimizer.step()
-            run.lr_scheduler.step()
-            run.optimizer.zero_grad(set_to_none=True)
+            loss_sum, grad_norm, epoch = optimizer_step(run, step, last_saved)
             step += 1
             record = {"step": step, "epoch": epoch + 1, "loss": loss_sum, "lr": run.lr_scheduler.get_last_lr()[0],
                       "grad_norm": grad_norm}  # fmt: skip
             if _due(step, cfg.logging.validate_every_n_steps or cfg.saving.save_every_n_steps, t.max_train_steps):
-                record["val_loss"] = validation_loss(run)
+                with eval_weights(run.optimizer):
+                    record["val_loss"] = validation_loss(run)
             checkpoints.append_metrics(run.run_dir, record)
-            checkpoints.log_tensorboard(tensorboard, record)
+            trackers.log_metrics(record)
             _show(bar, log, record, step, t.max_train_steps, cfg.logging.log_every_n_steps, t0, run.start_step)
             if _due(step, cfg.sampling.every_n_steps, t.max_train_steps) and cfg.sampling.prompts:
-                checkpoints.write_samples(run, step)
+                with eval_weights(run.optimizer):
+                    trackers.log_images(checkpoints.write_samples(run, step), step)
             if stop.requested or _due(step, cfg.saving.save_every_n_steps, t.max_train_steps):
-                checkpoints.save(run, step, epoch + 1)
+                with eval_weights(run.optimizer):
+                    checkpoints.save(run, step, epoch + 1)
                 last_saved = step
             if stop.requested and step < t.max_train_steps:
                 raise TrainingStopped(f"stopped at step {step}; state saved in {run.run_dir}; continue with "
                                       f"`sdxl-probe train CONFIG --resume {run.run_dir}`")  # fmt: skip
     if bar is not None:
         bar.close()
-    return checkpoints.finish(run, step)
+    with eval_weights(run.optimizer):
+        out = checkpoints.finish(run, step)
+    trackers.log_files([out, checkpoints.ema_path(run.run_dir, cfg.saving.output_name)])
+    return out
+
+
+@dataclass
+class MicroBatch:
+    """The draws of one micro-step, on the training device."""
+
+    epoch: int
+    idx: list[int]  # image indices
+    flips: list[bool]
+    rng: random.Random  # continues with the caption draws
+    x0: torch.Tensor  # (B, C, h, w) scaled clean latents
+    noise: torch.Tensor  # (B, C, h, w)
+    timesteps: torch.Tensor  # (B,)
+
+
+def draw_micro_batch(run: Run, m: int) -> MicroBatch:
+    """Global micro-step ``m``'s images, flips, latents, noise and timesteps, from generators keyed by (seed, m)."""
+    t = run.cfg.training
+    rng, gen = step_rng(t.seed, "lora", m)
+    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # LoRA dropout
+    epoch, idx = run.order.at(m)
+    flips = [run.cfg.dataset.flip_aug and rng.random() < 0.5 for _ in idx]
+    x0 = batch_latents(run, idx, flips)  # (B, C, h, w)
+    noise = torch.randn(x0.shape, generator=gen)
+    if t.noise_offset:
+        noise = noise + t.noise_offset * torch.randn((*x0.shape[:2], 1, 1), generator=gen)
+    timesteps = torch.randint(t.min_timestep, t.max_timestep, (len(idx),), generator=gen)
+    return MicroBatch(epoch, idx, flips, rng, x0.to(run.device), noise.to(run.device), timesteps.to(run.device))
+
+
+def optimizer_step(run: Run, step: int, last_saved: int) -> tuple[float, float | None, int]:
+    """Optimizer step ``step`` (from 0): accumulate the micro-steps, clip, AdamW, LR schedule.
+
+    accelerate's autocast runs the forward in ``[training] mixed_precision``; its ``backward`` scales
+    the loss for fp16 (GradScaler), its ``clip_grad_norm_`` unscales first, and the prepared
+    optimizer skips a step whose fp16 gradients overflowed. The LoRA weights stay fp32.
+
+    Returns:
+        (mean loss over the micro-steps, gradient norm before clipping or None, epoch index).
+    """
+    cfg, acc, accum = run.cfg, run.accelerator, run.cfg.training.gradient_accumulation_steps
+    loss_sum = 0.0
+    for a in range(accum):
+        m = step * accum + a  # global micro-step: the key of every random draw
+        b = draw_micro_batch(run, m)
+        xt = add_noise(run.noise_scheduler, b.x0, b.noise, b.timesteps)
+        with acc.autocast():
+            context, pooled = batch_conditioning(run, b.idx, b.rng, b.epoch, step)  # (B, L, D), (B, P)
+            tids = batch_time_ids(run, b.idx, b.flips).to(run.device)  # (B, 6)
+            pred = predict_noise(run.components.unet, xt, b.timesteps, context=context, pooled=pooled,
+                                 tids=tids).float()  # fmt: skip
+        weights = torch.tensor(run.order.loss_weights(b.idx), device=run.device)  # (B,) prior_loss_weight on reg
+        loss = epsilon_loss(pred, b.noise, b.timesteps, run.noise_scheduler, cfg.training.min_snr_gamma, weights)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(checkpoints.divergence_message(run, step, m, loss, b.timesteps, last_saved))
+        acc.backward(loss / accum)
+        loss_sum += loss.item() / accum
+    grad_norm = None
+    if cfg.optimizer.max_grad_norm > 0:
+        grad_norm = float(acc.clip_grad_norm_(run.network.all_params(), cfg.optimizer.max_grad_norm))
+    run.optimizer.step()
+    if run.ema is not None:
+        run.ema.step(run.network.all_params())
+    run.lr_scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_sum, grad_norm, b.epoch
 
 
 def _due(step: int, every: int, last: int) -> bool:

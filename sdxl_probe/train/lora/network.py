@@ -1,4 +1,4 @@
-"""The LoRA network through peft: which modules it targets, and its trainable parameters.
+"""The network through peft: which modules it targets, its type (LoRA, rsLoRA, DoRA, LoHa, LoKr), and its parameters.
 
 Targets follow sd-scripts ``networks/lora.py`` (docs/sd-scripts-compat.md §4):
 
@@ -10,20 +10,32 @@ Targets follow sd-scripts ``networks/lora.py`` (docs/sd-scripts-compat.md §4):
 
 peft's LoRA is sd-scripts' LoRA: ``W + alpha/r * up @ down``, down initialised kaiming-uniform
 (a = sqrt 5) and up zeros. Text encoders get peft's ``inject_adapter_in_model`` (transformers'
-``add_adapter`` needs peft >= 0.22). One difference: peft applies ``dropout`` to the LoRA branch's
-input, sd-scripts' ``network_dropout`` to the down projection's output.
+``add_adapter`` needs peft >= 0.22). Dropout is sd-scripts' ``network_dropout``
+(``LoRAModule.forward``): on the rank-r hidden ``down(x)``, in training mode only, so the branch
+is ``up(dropout(down(x))) * alpha / r``. peft's ``lora_dropout`` would drop the input ``x`` instead, so
+peft gets 0 and a forward hook on each ``lora_A`` drops its output (:class:`HiddenDropout`); the
+weights and their names, hence the export and the resumable state, are unchanged.
+
+Types (``[network] type``): LoRA, with peft's ``use_rslora`` (scale ``alpha / sqrt(r)``, Kalajdzievski
+2023) or ``use_dora`` (Liu et al. 2024); LoHa and LoKr through peft's ports of LyCORIS
+(``LoHaConfig``, ``LoKrConfig(decompose_factor, decompose_both)``). Ranks and alphas may differ per
+module (sd-scripts' block-wise dims, :mod:`sdxl_probe.train.lora.blocks`) through peft's
+``rank_pattern``/``alpha_pattern``; a module of rank 0 gets no layer.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 ADAPTER = "default"
 ATTN_LEAVES = ("to_q", "to_k", "to_v", "to_out.0")
 CONV_OWNERS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
+DEFAULT_RANK = 8  # peft's r/alpha for modules outside rank_pattern; every target is in it
+ADAPTER_PARAM = re.compile(r"\.(lora_|hada_|lokr_)")
 TE_LAYER = re.compile(r"(^|\.)encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$")
 
 
@@ -58,24 +70,80 @@ def text_encoder_targets(encoder: torch.nn.Module) -> list[str]:
     return [n for n, m in encoder.named_modules() if isinstance(m, torch.nn.Linear) and TE_LAYER.search(n)]
 
 
+class HiddenDropout:
+    """Forward hook on a LoRA down projection: dropout of its output ``(..., r)`` or ``(B, r, H, W)``.
+
+    Uses the global torch RNG (the loop seeds it before each micro-step) and is off in eval mode.
+    """
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, module: torch.nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.dropout(output, p=self.p, training=module.training)
+
+
 def inject_lora(model: torch.nn.Module, targets: list[str], *, dim: int, alpha: float, dropout: float,
                 conv_targets: list[str] = (), conv_dim: int = 4, conv_alpha: float = 1.0) -> list[torch.nn.Parameter]:  # fmt: skip
     """Freeze ``model``, add LoRA layers on ``targets`` (and ``conv_targets`` at their own rank); returns
     the new trainable parameters in module order."""
-    from peft import LoraConfig, inject_adapter_in_model
+    ranks = {n: (dim, alpha) for n in targets} | {n: (conv_dim, conv_alpha) for n in conv_targets}
+    return inject_adapter(model, ranks, kind=NetworkKind(), dropout=dropout)
+
+
+@dataclass(frozen=True)
+class NetworkKind:
+    """Which adapter and its type-specific options (LyCORIS / peft names)."""
+
+    type: str = "lora"  # lora | loha | lokr
+    use_rslora: bool = False  # LoRA: scaling alpha / sqrt(r) (Kalajdzievski 2023, peft use_rslora)
+    use_dora: bool = False  # LoRA: DoRA (Liu et al. 2024, peft use_dora)
+    factor: int = -1  # LoKr: LyCORIS factor = peft decompose_factor
+    decompose_both: bool = False  # LoKr: low-rank left factor too
+
+
+def adapter_config(kind: NetworkKind, ranks: dict[str, tuple[int, float]]):
+    """The peft config that puts ``kind`` on exactly the modules of ``ranks`` (path -> (rank, alpha))."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
+    names = list(ranks)
+    rank_pattern = {f"^{re.escape(n)}$": r for n, (r, _) in ranks.items()}
+    alpha_pattern = {f"^{re.escape(n)}$": a for n, (_, a) in ranks.items()}
+    common = {"target_modules": names, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern}
+    if kind.type == "lora":
+        return LoraConfig(r=DEFAULT_RANK, lora_alpha=DEFAULT_RANK, lora_dropout=0.0, init_lora_weights=True,
+                          use_rslora=kind.use_rslora, use_dora=kind.use_dora, **common)  # fmt: skip
+    if kind.type == "loha":  # peft's init: w1_a/w1_b/w2_a kaiming-uniform (FedPara), w2_b zeros: delta starts at 0
+        return LoHaConfig(r=DEFAULT_RANK, alpha=DEFAULT_RANK, init_weights=True, **common)
+    # peft's LoKr init: w1 (or w1_a) zeros, w2 kaiming-uniform; LyCORIS zeros w2 (or w2_b): both start at 0
+    return LoKrConfig(r=DEFAULT_RANK, alpha=DEFAULT_RANK, init_weights=True, decompose_both=kind.decompose_both,
+                      decompose_factor=kind.factor, **common)  # fmt: skip
+
+
+def inject_adapter(model: torch.nn.Module, ranks: dict[str, tuple[int, float]], *, kind: NetworkKind,
+                   dropout: float) -> list[torch.nn.Parameter]:  # fmt: skip
+    """Freeze ``model``, put ``kind`` on the modules of ``ranks`` (path -> (rank, alpha)); returns the
+    new trainable parameters in module order. Dropout (LoRA only) acts on the rank-r hidden."""
+    from peft import inject_adapter_in_model
 
     model.requires_grad_(False)
-    names = list(targets) + list(conv_targets)
-    config = LoraConfig(
-        r=dim, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, init_lora_weights=True,
-        rank_pattern={f"^{re.escape(n)}$": conv_dim for n in conv_targets},
-        alpha_pattern={f"^{re.escape(n)}$": conv_alpha for n in conv_targets},
-    )  # fmt: skip
-    inject_adapter_in_model(config, model, adapter_name=ADAPTER)
-    params = [p for n, p in model.named_parameters() if ".lora_" in n]
+    if not ranks:
+        return []
+    inject_adapter_in_model(adapter_config(kind, ranks), model, adapter_name=ADAPTER)
+    if dropout > 0:
+        for module in model.modules():
+            lora_a = getattr(module, "lora_A", None)
+            if isinstance(lora_a, torch.nn.ModuleDict) and ADAPTER in lora_a:
+                lora_a[ADAPTER].register_forward_hook(HiddenDropout(dropout))
+    params = [p for n, p in model.named_parameters() if is_adapter_param(n)]
     for p in params:
         p.requires_grad_(True)
     return params
+
+
+def is_adapter_param(name: str) -> bool:
+    """A parameter of a LoRA / LoHa / LoKr layer (peft's ``lora_*``, ``hada_*``, ``lokr_*``)."""
+    return ADAPTER_PARAM.search(name) is not None
 
 
 @dataclass
@@ -83,6 +151,7 @@ class LoraNetwork:
     """The models that carry LoRA layers and their trainable parameters, per model."""
 
     params: dict[str, list[torch.nn.Parameter]]  # "unet" | "text_encoder" | "text_encoder_2" -> params
+    unet_blocks: dict[int, list[torch.nn.Parameter]] = field(default_factory=dict)  # SDXL block -> UNet params
 
     def all_params(self) -> list[torch.nn.Parameter]:
         return [p for ps in self.params.values() for p in ps]
@@ -92,30 +161,79 @@ class LoraNetwork:
         holder = torch.nn.Module()
         for model_name in self.params:
             sub = torch.nn.ParameterDict({n.replace(".", "__"): p for n, p in models[model_name].named_parameters()
-                                          if ".lora_" in n})  # fmt: skip
+                                          if is_adapter_param(n)})  # fmt: skip
             holder.add_module(model_name, sub)
         return holder
 
 
-def build_network(components, *, preset: str, dim: int, alpha: float, dropout: float, conv_dim: int,
-                  conv_alpha: float, train_unet: bool, train_te1: bool, train_te2: bool, seed: int) -> LoraNetwork:  # fmt: skip
-    """Add LoRA layers to the chosen models; the base weights are frozen everywhere.
+Ranks = Callable[[str, bool], tuple[int, float]]  # (kohya name, is 3x3 conv) -> (rank, alpha); rank 0: no module
 
-    The LoRA init draws from a generator forked from ``seed``, so a run's start is reproducible and
+
+def build_network(components, *, preset: str, dim: int, alpha: float, dropout: float, conv_dim: int,
+                  conv_alpha: float, train_unet: bool, train_te1: bool, train_te2: bool, seed: int,
+                  kind: NetworkKind = NetworkKind(), ranks: Ranks | None = None) -> LoraNetwork:  # fmt: skip
+    """Add the network's layers to the chosen models; the base weights are frozen everywhere.
+
+    Args:
+        kind: LoRA (with rsLoRA / DoRA), LoHa or LoKr.
+        ranks: per-module (rank, alpha) from its kohya name (sd-scripts' block-wise dims,
+            :func:`sdxl_probe.train.lora.blocks.module_rank`); None: ``dim``/``alpha`` for Linears and
+            1x1 convs, ``conv_dim``/``conv_alpha`` for 3x3 convs.
+
+    The init draws from a generator forked from ``seed``, so a run's start is reproducible and
     leaves the global RNG untouched.
     """
+    from sdxl_probe.pipeline.kohya_names import kohya_module_names
+    from sdxl_probe.train.lora.blocks import block_index
+
+    if ranks is None:
+        def ranks(_name: str, conv: bool) -> tuple[int, float]:
+            return (conv_dim, conv_alpha) if conv else (dim, alpha)
     for _, model in components.models():
         model.requires_grad_(False)
-    params = {}
+    params, blocks = {}, {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if train_unet:
-            linear, convs = unet_targets(components.unet, preset)
-            params["unet"] = inject_lora(components.unet, linear, dim=dim, alpha=alpha, dropout=dropout,
-                                         conv_targets=convs, conv_dim=conv_dim, conv_alpha=conv_alpha)  # fmt: skip
-        for name, on in (("text_encoder", train_te1), ("text_encoder_2", train_te2)):
-            if on:
-                encoder = getattr(components, name)
-                params[name] = inject_lora(encoder, text_encoder_targets(encoder), dim=dim, alpha=alpha,
-                                           dropout=dropout)  # fmt: skip
-    return LoraNetwork(params)
+        chosen = {"unet": train_unet, "text_encoder": train_te1, "text_encoder_2": train_te2}
+        for name in (n for n, on in chosen.items() if on):
+            model = getattr(components, name)
+            linear, convs = unet_targets(model, preset) if name == "unet" else (text_encoder_targets(model), [])
+            paths = linear + convs
+            kohya = kohya_module_names(name, paths, model.config if name == "unet" else None)
+            wanted = {p: ranks(k, p in convs) for p, k in zip(paths, kohya, strict=True)}
+            kept = {p: ra for p, ra in wanted.items() if ra[0] > 0}
+            params[name] = inject_adapter(model, kept, kind=kind, dropout=dropout)
+            if name == "unet":
+                blocks = _params_by_block(model, {p: block_index(k) for p, k in zip(paths, kohya, strict=True)})
+    return LoraNetwork({k: v for k, v in params.items() if v}, blocks)
+
+
+def _params_by_block(unet: torch.nn.Module, block_of: dict[str, int]) -> dict[int, list[torch.nn.Parameter]]:
+    """SDXL block -> the adapter parameters of the UNet modules in it (module order)."""
+    out: dict[int, list[torch.nn.Parameter]] = {}
+    for path, block in block_of.items():
+        module = unet.get_submodule(path)
+        ps = [p for n, p in module.named_parameters() if is_adapter_param("." + n)]
+        if ps:
+            out.setdefault(block, []).extend(ps)
+    return out
+
+
+def network_from_config(components, n, *, seed: int, log=print) -> LoraNetwork:
+    """The builder for ``[network]``: flattens the section into :func:`build_network`'s arguments, then
+    reads ``network_weights`` (sd-scripts ``--network_weights``) into the new layers."""
+    from pathlib import Path
+
+    from sdxl_probe.train.lora.blocks import module_rank
+    from sdxl_probe.train.lora.export import load_network_weights
+
+    kind = NetworkKind(n.type, n.use_rslora, n.use_dora, n.factor, n.decompose_both)
+    network = build_network(components, preset=n.target, dim=n.dim, alpha=n.alpha, dropout=n.dropout,
+                            conv_dim=n.conv_dim, conv_alpha=n.conv_alpha, train_unet=n.train_unet,
+                            train_te1=n.train_text_encoder_1, train_te2=n.train_text_encoder_2, seed=seed,
+                            kind=kind, ranks=lambda name, conv: module_rank(name, conv, n))  # fmt: skip
+    if n.network_weights:
+        models = {name: getattr(components, name) for name in network.params}
+        count = load_network_weights(Path(n.network_weights), models, components.unet.config)
+        log(f"network_weights: {count} tensors read from {n.network_weights}")
+    return network

@@ -90,6 +90,9 @@ def render_report(run_dir: str | Path) -> Path:
         caption = "samples, one row per checkpoint (" + ", ".join(grid[1]) + "), same prompts and seeds"
         sections.append({"title": "Samples", "figures": [{"uri": bytes_to_data_uri(buf.getvalue(), "image/png"),
                                                           "caption": caption}]})  # fmt: skip
+    if (run_dir / "memorization" / "memorization.html").is_file():  # written by `sdxl-probe memorization RUN_DIR`
+        sections.append({"title": "Memorization", "links": [{"href": "memorization/memorization.html",
+                                                            "text": "memorization scores and the checkpoint to keep"}]})  # fmt: skip
     source = config["model"]["source"]
     flat = {f"{s}.{k}": v for s, table in config.items() for k, v in table.items()}
     header = ReportHeader(title=f"LoRA training: {config['saving']['output_name']}", model=source,

@@ -1,0 +1,1 @@
+"""Memorization scores and the overfitting report across a run's checkpoints (issue #14)."""

@@ -1,0 +1,111 @@
+"""Render ``memorization.html`` from ``memorization.json`` and the image strips (no torch, no model).
+
+Every caption and path reaches the page through the shared report layer, whose jinja2 environment
+escapes all text (``sdxl_probe.report.render``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sdxl_probe.errors import ProbeError
+from sdxl_probe.report.figures import bytes_to_data_uri, figure_to_data_uri, new_figure
+from sdxl_probe.report.render import ReportHeader, precision_text, render_page
+
+REPORT_NAME = "memorization.html"
+CURVE_SCORES = ("copy_tiled_l2", "copy_cosine", "clique", "diversity", "noise_norm", "attn_entropy", "bos_mass",
+                "loss_gap", "coverage", "adherence")  # fmt: skip
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+
+
+def curves_uri(meta: dict) -> str:
+    """Training and validation loss, then each score (training-image mean, LoRA minus base), against step."""
+    ckpts = meta["checkpoints"]
+    steps = [c["step"] for c in ckpts]
+    names = [n for n in CURVE_SCORES if any(c["scores"].get(n) is not None for c in ckpts)]
+    fig = new_figure(10.0, 2.4 * ((len(names) + 1 + 3) // 4))
+    axes = fig.subplots((len(names) + 1 + 3) // 4, 4, squeeze=False).flatten()
+    for key, style in (("train_loss", "o-"), ("val_loss", "s--")):
+        pts = [(s, c[key]) for s, c in zip(steps, ckpts, strict=True) if c.get(key) is not None]
+        if pts:
+            axes[0].plot(*zip(*pts, strict=True), style, label=key.replace("_", " "))
+    axes[0].set(title="loss (none logged)" if not axes[0].lines else "loss", xlabel="step")
+    if axes[0].lines:
+        axes[0].legend(fontsize=7)
+    for ax, name in zip(axes[1:], names, strict=False):
+        pts = [(s, c["scores"][name]) for s, c in zip(steps, ckpts, strict=True) if c["scores"].get(name) is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-")
+        ax.axhline(0.0, color="gray", lw=0.5)
+        ax.axvline(meta["recommended"]["step"], color="green", lw=0.8, ls=":")
+        ax.set(title=name, xlabel="step")
+    for ax in axes[len(names) + 1 :]:
+        ax.set_axis_off()
+    return figure_to_data_uri(fig)
+
+
+def checkpoint_table(meta: dict) -> dict:
+    names = sorted({n for c in meta["checkpoints"] for n in c["scores"]})
+    rows = [[c["step"], _fmt(c.get("train_loss")), _fmt(c.get("val_loss")), _fmt(c.get("membership_auc")),
+             *(_fmt(c["scores"].get(n)) for n in names)] for c in meta["checkpoints"]]  # fmt: skip
+    return {"columns": ["step", "train loss", "val loss", "membership AUC", *names], "rows": rows}
+
+
+def image_rows(meta: dict) -> tuple[dict, list[dict]]:
+    """The per-image table at the last checkpoint, most memorized first, and the image strips in that order."""
+    last, head = str(meta["checkpoints"][-1]["step"]), meta["headline"]
+    ranked = sorted(meta["images"], key=lambda im: -(im["scores"].get(last, {}).get(head) or float("-inf")))
+    cols = ("copy_tiled_l2", "copy_cosine", "clique", "diversity", "noise_norm", "loss_gap")
+    rows = [[im["split"], im["caption"], *(_fmt(im["scores"].get(last, {}).get(c)) for c in cols)] for im in ranked]
+    return {"columns": ["split", "caption", *cols], "rows": rows}, ranked
+
+
+def render_report(result_dir: str | Path) -> Path:
+    """Write ``memorization.html`` next to ``memorization.json``."""
+    result_dir = Path(result_dir)
+    path = result_dir / "memorization.json"
+    if not path.is_file():
+        raise ProbeError(f"{path}: not found; run `sdxl-probe memorization RUN_DIR --out {result_dir}` first")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    rec = meta["recommended"]
+    toy = " (toy model: these figures come from the project's toy model, not real SDXL)" if meta["toy_model"] else ""
+    table, ranked = image_rows(meta)
+    strips = [{"uri": bytes_to_data_uri((result_dir / im["figure"]).read_bytes(), "image/png"),
+               "caption": f"{im['caption']}: training image | nearest of {meta['settings']['seeds']} seeds, base | "
+                          f"step {rec['step']} (recommended) | step {meta['checkpoints'][-1]['step']} (last)"}
+              for im in ranked if im.get("figure") and (result_dir / im["figure"]).is_file()]  # fmt: skip
+    sections = [
+        {"title": "Recommended checkpoint", "paragraphs": [
+            f"Keep step {rec['step']}{toy}.", f"Rule: {rec['rule']}.",
+            "Scores are LoRA minus base on the same captions and seeds; higher means more copying, except "
+            "diversity (lower: the seeds collapse onto one image) and bos_mass (lower: attention leaves BOS)."]},
+        {"title": "Across checkpoints", "figures": [{"uri": curves_uri(meta), "caption": "loss and scores by step; "
+                                                     "dotted line: the recommended checkpoint"}],
+         "table": checkpoint_table(meta)},
+        {"title": "Training against held-out images (AUC per score, last checkpoint)",
+         "table": {"columns": ["score", "AUC"], "rows": [[n, _fmt(v)] for n, v in
+                                                          sorted(meta["checkpoints"][-1].get("split_auc", {}).items())]}},
+        {"title": "Caption sensitivity (last checkpoint)", "paragraphs": [
+            "Rise of the nearest tiled L2 to the training image when the caption is perturbed (Somepalli et al. "
+            "2023): a large rise means the copying is keyed to the exact caption."],
+         "table": {"columns": ["probe", "LoRA", "base", "LoRA minus base"],
+                   "rows": [[k, _fmt(v["lora"]), _fmt(v["base"]), _fmt(v["lora_minus_base"])]
+                            for k, v in meta.get("sensitivity", {}).items()]}},
+        {"title": "Token significance (Wen et al. 2024, last checkpoint)",
+         "table": {"columns": ["caption", "tokens, most significant first (LoRA minus base)"],
+                   "rows": [[im["caption"], ", ".join(f"{r['token']} {r['lora_minus_base']:.3g}" for r in ts["tokens"][:6])]
+                            for im, ts in zip([i for i in meta["images"] if i["split"] == "train"],
+                                              meta.get("token_significance", []), strict=False)]}},
+        {"title": "Per image, most memorized first", "table": table, "figures": strips},
+    ]  # fmt: skip
+    model = meta["model"]
+    device, dtype = precision_text(model)
+    header = ReportHeader(title=f"Memorization: {meta['source']}", model=model.get("source"),
+                          model_kind=model.get("kind"), dataset=meta["source"], config=meta["settings"],
+                          device=device, dtype=dtype)  # fmt: skip
+    return render_page("simple.html.j2", {"sections": sections}, result_dir / REPORT_NAME, header=header)

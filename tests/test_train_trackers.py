@@ -1,0 +1,81 @@
+"""``[logging] backends``: a toy run logged to a local MLflow store reads back as metrics.jsonl says.
+
+Oracles: ``metrics.jsonl`` (the run's own record) against MLflow's own client
+(``MlflowClient.get_metric_history``, ``get_run``, ``list_artifacts``); the one-line message of
+a missing tracker package.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from sdxl_probe.config import from_dict
+from sdxl_probe.errors import ConfigError
+from sdxl_probe.toy.dataset import write_dataset
+from sdxl_probe.train.lora import trackers
+from sdxl_probe.train.lora.config import TrainConfig
+from sdxl_probe.train.lora.loop import train
+
+
+def config(tmp_path: Path, **logging) -> TrainConfig:
+    ds = tmp_path / "ds"
+    if not ds.exists():
+        write_dataset(ds, n=4, seed=2, size=32, trigger="zkw")
+    (tmp_path / "prompts.txt").write_text("zkw red circle --d 11 --s 2 --l 1 --w 32 --h 32\n", encoding="utf-8")
+    return from_dict(TrainConfig, {
+        "dataset": {"path": str(ds), "caption_extension": ".txt", "resolution": 32, "batch_size": 2,
+                    "cache_latents": "memory", "validation_split": 0.25},
+        "training": {"max_train_steps": 3, "seed": 1},
+        "sampling": {"prompts": str(tmp_path / "prompts.txt"), "every_n_steps": 3},
+        "saving": {"output_dir": str(tmp_path / "run"), "output_name": "r", "save_every_n_steps": 2},
+        "logging": {"progress_bar": False, **logging},
+    })  # fmt: skip
+
+
+@pytest.mark.slow
+def test_mlflow_store_holds_the_runs_metrics_params_samples_and_lora(tiny_components, tmp_path, monkeypatch):
+    """Oracle: metrics.jsonl, read back through MlflowClient from the default store RUN_DIR/mlruns."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # restored after the test
+    cfg = config(tmp_path, backends=["mlflow"], mlflow_experiment="toy")
+    train(cfg, tmp_path / "run", components=copy.deepcopy(tiny_components), log=lambda s: None)
+    records = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    run_id = json.loads((tmp_path / "run" / "trackers.json").read_text())["mlflow"]
+    client = MlflowClient(tracking_uri=(tmp_path / "run" / "mlruns").resolve().as_uri())
+    for key in ("loss", "lr", "grad_norm", "val_loss"):
+        expected = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        got = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        assert got == expected and expected, key
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "r"
+    assert run.data.params["optimizer.type"] == "AdamW" and run.data.params["training.max_train_steps"] == "3"
+    assert [a.path for a in client.list_artifacts(run_id, "lora")] == ["lora/r.safetensors"]
+    assert [a.path for a in client.list_artifacts(run_id, "samples/step-00000003")] == ["samples/step-00000003/000.png"]
+
+
+@pytest.mark.parametrize("backend,extra", [("wandb", "sdxl-probe[wandb]"), ("mlflow", "sdxl-probe[mlflow]")])
+def test_a_missing_tracker_package_is_one_line_before_any_weight_loads(backend, extra, tmp_path, monkeypatch):
+    """Oracle: the message names the extra; the model source does not exist, so a later check would name it."""
+    real = trackers.importlib.util.find_spec
+    monkeypatch.setattr(trackers.importlib.util, "find_spec", lambda n: None if n == backend else real(n))
+    cfg = config(tmp_path, backends=[backend])
+    cfg.model.source = str(tmp_path / "none.safetensors")
+    with pytest.raises(ConfigError, match=re.escape(f"the {backend} package is not installed; pip install '{extra}'")) as e:
+        train(cfg, tmp_path / "run", log=lambda s: None)
+    assert "\n" not in str(e.value)
+
+
+def test_tensorboard_true_is_an_alias_of_the_backend():
+    """Oracle: the old key and the new list name the same backend, once."""
+    assert trackers.backends_of((), True) == ["tensorboard"]
+    assert trackers.backends_of(("mlflow", "tensorboard"), True) == ["mlflow", "tensorboard"]
+    assert trackers.backends_of(("mlflow",), False) == ["mlflow"]
+    with pytest.raises(ConfigError, match="not a valid choice"):
+        from_dict(TrainConfig, {"logging": {"backends": ["mlfow"]}})
