@@ -224,14 +224,16 @@ def time_modes(fns: dict, rounds: int, per_turn: int) -> tuple[dict, dict]:
 
 def breakdown(ours: Ours, reps: int) -> dict[str, float]:
     """Median CPU seconds of the uncached step's parts: latents (disk + VAE), conditioning (captions + TEs)."""
+    from sdxl_probe.train.lora import batch
+
     run, loop, out = ours.run, ours.loop, {"latents": [], "text encoders": []}
     for r in range(reps):
         b = loop.draw_micro_batch(run, 10**5 + r)
         t = time.process_time()
-        loop.batch_latents(run, b.idx, b.flips)
+        batch.batch_latents(run, b.idx, b.flips)
         out["latents"].append(time.process_time() - t)
         t = time.process_time()
-        loop.batch_conditioning(run, b.idx, b.rng, b.epoch, 0)
+        batch.batch_conditioning(run, b.idx, b.rng, b.epoch, 0)
         out["text encoders"].append(time.process_time() - t)
     return {k: statistics.median(v) for k, v in out.items()}
 

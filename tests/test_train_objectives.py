@@ -135,3 +135,108 @@ def test_weight_penalty_by_brute_force():
     assert objectives.weight_penalty(params, 0.01, 0.0).item() == pytest.approx(0.01 * l1, rel=1e-5)
     assert objectives.weight_penalty(params, 0.01, 0.5).item() == pytest.approx(0.01 * l1 + 0.5 * l2, rel=1e-5)
     assert objectives.weight_penalty(params, 0.0, 0.0).item() == 0.0
+
+
+# ----------------------------------------------------------------------------- wired into the trainer's step
+
+
+def _run(tiny_components, ds, out, training):
+    import copy
+
+    from sdxl_probe.config import from_dict
+    from sdxl_probe.train.lora import loop
+    from sdxl_probe.train.lora.config import TrainConfig
+
+    cfg = from_dict(TrainConfig, {
+        "dataset": {"path": str(ds), "caption_extension": ".txt", "resolution": 32, "batch_size": 2},
+        "network": {"dim": 4, "alpha": 4.0, "target": "attn"},
+        "optimizer": {"unet_lr": 1e-3},
+        "training": {"max_train_steps": 2, "seed": 3, "threads": 1, **training},
+        "saving": {"output_dir": str(out)}, "logging": {"progress_bar": False},
+    })  # fmt: skip
+    return loop.setup(cfg, out, resume=False, log=lambda s: None, components=copy.deepcopy(tiny_components))
+
+
+def _step(run, monkeypatch):
+    """The trainer's first optimizer step; returns (its loss, the UNet input, the UNet output, the draws)."""
+    from sdxl_probe.train.lora import loop
+
+    seen, real = {}, loop.predict_noise
+
+    def spy(unet, x, t, **kw):
+        seen["xt"], seen["out"] = x.detach().clone(), real(unet, x, t, **kw)
+        return seen["out"]
+
+    monkeypatch.setattr(loop, "predict_noise", spy)
+    draws = loop.draw_micro_batch(run, 0)  # keyed by (seed, micro-step): the same draws the step makes
+    loss, _, _ = loop.optimizer_step(run, 0, 0)
+    return loss, seen["xt"], seen["out"].detach().float(), draws
+
+
+@pytest.fixture(scope="module")
+def toy_ds(tmp_path_factory):
+    from sdxl_probe.toy.dataset import write_dataset
+
+    root = tmp_path_factory.mktemp("objectives") / "ds"
+    write_dataset(root, n=2, seed=5, size=32, trigger="zkw")
+    return root
+
+
+LOSS_OPTIONS = [
+    ({"loss_type": "l1"}, lambda d, x0, eps, t, s: d.abs().mean()),
+    ({"loss_type": "huber", "huber_schedule": "constant", "huber_c": 0.3},
+     lambda d, x0, eps, t, s: (2 * 0.3 * (torch.sqrt(d**2 + 0.09) - 0.3)).mean()),
+    ({"debiased_estimation_loss": True},
+     lambda d, x0, eps, t, s: (d.pow(2).mean(dim=(1, 2, 3)) / torch.sqrt(torch.clamp(s, max=1000))).mean()),
+    ({"lora_weight_l2": 0.5}, None),
+]
+
+
+@pytest.mark.parametrize("training, formula", LOSS_OPTIONS, ids=["l1", "huber", "debiased", "l2_penalty"])
+def test_loss_options_change_the_steps_loss_as_their_formula(tiny_components, toy_ds, tmp_path, monkeypatch,
+                                                             training, formula):  # fmt: skip
+    """Oracle: the option's formula applied by hand to the step's own UNet output and draws."""
+    run = _run(tiny_components, toy_ds, tmp_path / "run", training)
+    params = [p.detach().clone() for p in run.network.all_params()]
+    loss, _, out, b = _step(run, monkeypatch)
+    d = out - b.noise
+    snr = torch.tensor([abar_by_hand(int(t)) / (1 - abar_by_hand(int(t))) for t in b.timesteps])
+    want = formula(d, b.x0, b.noise, b.timesteps, snr) if formula else d.pow(2).mean() + 0.5 * sum(
+        p.pow(2).sum() for p in params)  # fmt: skip
+    plain = d.pow(2).mean()
+    assert loss == pytest.approx(float(want), rel=1e-4)
+    assert abs(loss - float(plain)) > 1e-4 * float(plain)  # the option moved the loss
+
+
+def test_v_parameterization_regresses_v(tiny_components, toy_ds, tmp_path, monkeypatch):
+    """Oracle: v = sqrt(abar) eps - sqrt(1 - abar) x0 from the hand-built schedule."""
+    run = _run(tiny_components, toy_ds, tmp_path / "run", {"v_parameterization": True})
+    loss, _, out, b = _step(run, monkeypatch)
+    a = torch.tensor([abar_by_hand(int(t)) for t in b.timesteps]).view(-1, 1, 1, 1)
+    v = a.sqrt() * b.noise - (1 - a).sqrt() * b.x0
+    assert loss == pytest.approx(float((out - v).pow(2).mean()), rel=1e-4)
+
+
+NOISE_OPTIONS = [
+    {"noise_offset": 0.1, "adaptive_noise_scale": 0.05},
+    {"noise_offset": 0.1, "noise_offset_random_strength": True},
+    {"multires_noise_iterations": 4, "multires_noise_discount": 0.3},
+    {"ip_noise_gamma": 0.1},
+]
+
+
+@pytest.mark.parametrize("training", NOISE_OPTIONS, ids=["adaptive", "random_strength", "multires", "ip_noise"])
+def test_noise_options_change_the_unet_input(tiny_components, toy_ds, tmp_path, monkeypatch, training):
+    """Oracle: x_t = sqrt(abar) x0 + sqrt(1 - abar) * noise_in, the DDPM forward process by hand; the
+    noise differs from the plain run's, and input perturbation leaves the loss's target unperturbed."""
+    from sdxl_probe.train.lora import loop
+
+    b0 = loop.draw_micro_batch(_run(tiny_components, toy_ds, tmp_path / "plain", {}), 0)
+    run = _run(tiny_components, toy_ds, tmp_path / "run", training)
+    loss, xt, out, b = _step(run, monkeypatch)
+    a = torch.tensor([abar_by_hand(int(t)) for t in b.timesteps]).view(-1, 1, 1, 1)
+    torch.testing.assert_close(xt.float(), a.sqrt() * b.x0 + (1 - a).sqrt() * b.input_noise, atol=1e-5, rtol=1e-4)
+    assert not torch.equal(b.input_noise, b0.noise)
+    if "ip_noise_gamma" in training:
+        torch.testing.assert_close(b.noise, b0.noise)  # the target stays the plain noise
+        assert loss == pytest.approx(float((out - b0.noise).pow(2).mean()), rel=1e-4)

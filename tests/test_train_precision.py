@@ -18,7 +18,7 @@ import torch
 
 from sdxl_probe.config import from_dict
 from sdxl_probe.toy.dataset import write_dataset
-from sdxl_probe.train.lora import checkpoints, loop
+from sdxl_probe.train.lora import batch, checkpoints, loop
 from sdxl_probe.train.lora.config import TrainConfig
 from sdxl_probe.train.state import TrainingStopped
 
@@ -105,7 +105,7 @@ def test_checkpointing_is_off_in_validation(tiny_components, ds, tmp_path):
     run = build(tiny_components, cfg, tmp_path)
     unet_block = next(m for m in run.components.unet.modules() if type(m).__name__ == "BasicTransformerBlock")
     calls = count_calls(unet_block.attn1)
-    assert loop.validation_loss(run) is not None
+    assert batch.validation_loss(run) is not None
     per_image = len(cfg.logging.validation_timesteps)
     assert calls[0] == per_image * len(run.val_idx)
     assert run.components.text_encoder.training  # back in train mode after validation

@@ -33,8 +33,8 @@ from sdxl_probe.train.lora.data import (
     read_images,
     split_images,
 )
-from sdxl_probe.train.lora.loop import epsilon_loss
 from sdxl_probe.train.lora.network import build_network
+from sdxl_probe.train.lora.objectives import Objective, diffusion_loss
 
 
 def images(n_train: int, train_repeats: int, n_reg: int, reg_repeats: int) -> list[TrainImage]:
@@ -120,7 +120,7 @@ def test_loss_is_the_weighted_mean_of_per_sample_mse(tiny_components, w, gamma):
     pred, target = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
     t = torch.tensor([10, 300, 600, 999])
     sched = training_scheduler(tiny_components.scheduler.config)
-    got = epsilon_loss(pred, target, t, sched, gamma, torch.tensor(weights))
+    got = diffusion_loss(pred, None, target, t, sched, Objective(min_snr_gamma=gamma), torch.tensor(weights))
     terms = []
     for mse, wi, ti in zip(per_sample_mse(pred, target), weights, t.tolist(), strict=True):
         a = float(sched.alphas_cumprod[ti])
@@ -151,7 +151,7 @@ def test_prior_loss_weight_zero_gives_the_gradient_of_the_training_images(tiny_c
         pred = predict_noise(comps.unet, xt[rows], t[rows], context=enc.context[rows], pooled=enc.pooled[rows],
                              tids=tids[rows])  # fmt: skip
         w = torch.tensor(weights) if weights is not None else None
-        epsilon_loss(pred.float(), noise[rows], t[rows], sched, 5.0, w).backward()
+        diffusion_loss(pred.float(), None, noise[rows], t[rows], sched, Objective(min_snr_gamma=5.0), w).backward()
         return [p.grad.clone() for p in network.all_params()]
 
     order = BatchOrder(images(2, 1, 2, 1), [0, 1, 2, 3], 4, seed=0, prior_loss_weight=0.0)
@@ -179,8 +179,8 @@ def test_the_loop_weights_reg_samples_by_prior_loss_weight(tiny_components, tmp_
         "network": {"target": "attn"}, "training": {"max_train_steps": 2, "seed": 0},
         "saving": {"output_dir": str(tmp_path / "run")}, "logging": {"progress_bar": False},
     })  # fmt: skip
-    seen, real = [], loop_module.epsilon_loss
-    monkeypatch.setattr(loop_module, "epsilon_loss", lambda *a: seen.append(a[5].tolist()) or real(*a))
+    seen, real = [], loop_module.diffusion_loss
+    monkeypatch.setattr(loop_module, "diffusion_loss", lambda *a: seen.append(a[6].tolist()) or real(*a))
     loop_module.train(cfg, tmp_path / "run", log=lambda s: None, components=copy.deepcopy(tiny_components))
     assert len(seen) == 2 and sorted(seen[0] + seen[1]) == [0.25] * 4 + [1.0] * 4
     rows = json.loads((tmp_path / "run" / "manifest.json").read_text())["images"]

@@ -55,7 +55,7 @@ def test_samples_are_written_at_each_sample_step(tiny_components, tmp_path):
 def test_validation_loss_at_fixed_pairs_on_held_out_images(tiny_components, tmp_path):
     from sdxl_probe.pipeline.conditioning import encode_captions, time_ids
     from sdxl_probe.pipeline.noising import seeded_noise
-    from sdxl_probe.train.lora import loop
+    from sdxl_probe.train.lora import batch, loop
 
     write_dataset(tmp_path / "ds", n=5, seed=0, size=32, trigger="zkw")
     cfg = from_dict(TrainConfig, {
@@ -69,8 +69,8 @@ def test_validation_loss_at_fixed_pairs_on_held_out_images(tiny_components, tmp_
     assert len(run.val_idx) == 2 and not set(run.val_idx) & {i for b in run.order.epoch(0) for i in b}
     for m in (comps.unet, comps.text_encoder, comps.text_encoder_2):
         m.eval()
-    got = loop.validation_loss(run)
-    assert got == loop.validation_loss(run)  # fixed (t, noise) pairs: the same number twice
+    got = batch.validation_loss(run)
+    assert got == batch.validation_loss(run)  # fixed (t, noise) pairs: the same number twice
     # by hand: x_t = sqrt(ab) x0 + sqrt(1 - ab) eps (Ho et al. 2020, eq. 4), betas from the scheduler config
     c = comps.scheduler.config
     betas = torch.linspace(c.beta_start**0.5, c.beta_end**0.5, c.num_train_timesteps, dtype=torch.float64) ** 2
@@ -78,11 +78,11 @@ def test_validation_loss_at_fixed_pairs_on_held_out_images(tiny_components, tmp_
     losses = []
     with torch.no_grad():
         for i in run.val_idx:
-            x0 = loop.batch_latents(run, [i], [False])
+            x0 = batch.batch_latents(run, [i], [False])
             enc = encode_captions(comps, [run.images[i].caption])
             tids = time_ids(1, 32, 32, original=run.images[i].original)
             for t in (200, 400, 600, 800):
-                eps = seeded_noise(tuple(x0.shape), seed=loop.hash_seed(0, i, t), like=x0)
+                eps = seeded_noise(tuple(x0.shape), seed=batch.hash_seed(0, i, t), like=x0)
                 xt = (alpha_bar[t].sqrt() * x0 + (1 - alpha_bar[t]).sqrt() * eps).float()
                 pred = comps.unet(xt, torch.tensor([t]), encoder_hidden_states=enc.context,
                                   added_cond_kwargs={"text_embeds": enc.pooled, "time_ids": tids}).sample

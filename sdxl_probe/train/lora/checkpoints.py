@@ -223,7 +223,7 @@ def write_samples(run: Run, step: int) -> list[Path]:
 
     from sdxl_probe.io import write_bytes
     from sdxl_probe.pipeline.sampling import generate_images
-    from sdxl_probe.train.lora.loop import eval_mode
+    from sdxl_probe.train.lora.batch import eval_mode
     from sdxl_probe.train.lora.prompts import read_prompt_file
 
     prompts = read_prompt_file(run.cfg.sampling.prompts)

@@ -147,10 +147,25 @@ class TrainingSection:
     gradient_accumulation_steps: Annotated[int, Range(1, 4096)] = 1
     seed: int = 0
     min_snr_gamma: Annotated[float, Range(0.0, 1000.0)] = 0.0  # 0 = off; 5 is the paper's value
+    v_parameterization: bool = False  # predict v (v-prediction base models), else the noise
+    scale_v_pred_loss_like_noise_pred: bool = False  # weight SNR / (SNR + 1)
+    debiased_estimation_loss: bool = False  # weight 1 / sqrt(SNR) (Yu et al. 2024)
+    loss_type: Annotated[str, Choice("l2", "l1", "huber", "smooth_l1")] = "l2"
+    huber_schedule: Annotated[str, Choice("snr", "exponential", "constant")] = "snr"  # sd-scripts' default
+    huber_c: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 0.1
+    huber_scale: Annotated[float, Range(0.0, 100.0, lo_open=True)] = 1.0
     noise_offset: Annotated[float, Range(0.0, 1.0)] = 0.0
+    noise_offset_random_strength: bool = False  # offset x U[0, 1) per micro-step
+    adaptive_noise_scale: Annotated[float, Range(-1.0, 1.0)] = 0.0  # offset + scale x |channel mean latent|
+    multires_noise_iterations: Annotated[int, Range(0, 64)] = 0  # pyramid noise levels (sd-scripts: 6-10)
+    multires_noise_discount: Annotated[float, Range(0.0, 1.0)] = 0.3
+    ip_noise_gamma: Annotated[float, Range(0.0, 1.0)] = 0.0  # input perturbation (Ning et al. 2023); 0.1 typical
+    ip_noise_gamma_random_strength: bool = False
+    lora_weight_l1: Annotated[float, Range(0.0, 1.0)] = 0.0  # penalty l1 x sum|w| on the LoRA weights
+    lora_weight_l2: Annotated[float, Range(0.0, 1.0)] = 0.0  # penalty l2 x sum w^2 on the LoRA weights
     min_timestep: Annotated[int, Range(0, 1000)] = 0
     max_timestep: Annotated[int, Range(1, 1000)] = 1000
-    mixed_precision: Annotated[str, Choice("no", "fp16", "bf16")] = "no"  # accelerate's autocast; weights stay fp32
+    mixed_precision: Annotated[str, Choice("no", "fp16", "bf16")] = "no"  # autocast, and the frozen weights' dtype
     gradient_checkpointing: bool = False  # recompute activations in backward: UNet and trained text encoders
     threads: Annotated[int, Range(0, 1024)] = 0  # torch intra-op threads (0: torch's default)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps, checked against torch before the model loads
@@ -159,6 +174,8 @@ class TrainingSection:
     def checks(self) -> list[tuple[str, str, str]]:
         if self.min_timestep >= self.max_timestep:
             return [("min_timestep", f"not below max_timestep={self.max_timestep}", "lower min_timestep")]
+        if self.adaptive_noise_scale and not self.noise_offset:
+            return [("adaptive_noise_scale", "needs noise_offset > 0 (sd-scripts)", "set noise_offset, e.g. 0.05")]
         return []
 
 

@@ -1,12 +1,15 @@
 """The LoRA training loop, read top to bottom: :func:`setup` builds the parts, :func:`train` runs the loop.
 
-Objective: epsilon prediction on the model's own DDPM schedule (Ho et al. 2020), optionally
-weighted by min(SNR, gamma) / SNR (Hang et al. 2023, diffusers ``compute_snr``), with sd-scripts'
-noise offset (``noise + offset * randn(B, C, 1, 1)``). The optimizer by sd-scripts name (:mod:`~sdxl_probe.train.lora.optimizers`), diffusers'
-``get_scheduler``, an optional EMA of the LoRA weights. Precision through accelerate
-(:func:`make_accelerator`): its autocast (bf16/fp16) around the forward, its backward and clipping
-(GradScaler for fp16); base and LoRA weights stay fp32. One optimizer step is :func:`optimizer_step`
-(the benchmark times it too).
+Objective (:mod:`~sdxl_probe.train.lora.objectives`, sd-scripts' formulas): epsilon or v prediction on
+the model's own DDPM schedule (Ho et al. 2020), l2/l1/huber/smooth-l1, min-SNR-gamma, debiased or
+v-scaled weights, noise offset (adaptive, random strength), pyramid noise and input perturbation, and an
+optional L1/L2 penalty on the LoRA weights. The optimizer by sd-scripts name
+(:mod:`~sdxl_probe.train.lora.optimizers`), diffusers' ``get_scheduler``, an optional EMA of the LoRA
+weights. Precision (:mod:`~sdxl_probe.train.lora.precision`) through accelerate: its autocast (bf16/fp16)
+around the forward, its backward and clipping (GradScaler for fp16); the frozen weights are loaded in
+the mixed-precision dtype, the LoRA weights stay fp32. One optimizer step is :func:`optimizer_step`
+(the benchmark times it too); the batch parts and the validation loss are in
+:mod:`~sdxl_probe.train.lora.batch`.
 
 Determinism: every micro-step draws its images (:class:`~sdxl_probe.train.lora.data.BatchOrder`),
 flips, caption randomness, noise, timesteps and LoRA dropout from generators derived from
@@ -21,20 +24,24 @@ import dataclasses
 import json
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sdxl_probe.errors import ConfigError, ProbeError
-from sdxl_probe.pipeline.conditioning import encode_with, predict_noise, time_ids
-from sdxl_probe.pipeline.noising import add_noise, seeded_noise, training_scheduler
-from sdxl_probe.pipeline.vae import encode_images
-from sdxl_probe.text.captions import CaptionOptions, process_caption
+from sdxl_probe.errors import ProbeError
+from sdxl_probe.pipeline.conditioning import predict_noise
+from sdxl_probe.pipeline.noising import add_noise, training_scheduler
+from sdxl_probe.text.captions import CaptionOptions
 from sdxl_probe.train.lora import checkpoints
+from sdxl_probe.train.lora.batch import (
+    batch_conditioning,
+    batch_latents,
+    batch_time_ids,
+    token_length,
+    validation_loss,
+)
 from sdxl_probe.train.lora.caches import LatentCache, TextCache, build_text_cache, check_text_cache
 from sdxl_probe.train.lora.config import TrainConfig
 from sdxl_probe.train.lora.data import (
@@ -42,12 +49,18 @@ from sdxl_probe.train.lora.data import (
     Buckets,
     TrainImage,
     check_buckets,
-    load_pixels,
-    micro_conditioning,
     read_images,
     split_images,
 )
 from sdxl_probe.train.lora.network import LoraNetwork, network_from_config
+from sdxl_probe.train.lora.objectives import (
+    Objective,
+    diffusion_loss,
+    offset_noise,
+    perturbed_noise,
+    pyramid_noise,
+    weight_penalty,
+)
 from sdxl_probe.train.lora.optimizers import (
     build_ema,
     build_optimizer,
@@ -56,6 +69,7 @@ from sdxl_probe.train.lora.optimizers import (
     optimizer_kwargs,
     start_training,
 )
+from sdxl_probe.train.lora.precision import enable_checkpointing, make_accelerator, weight_dtype
 from sdxl_probe.train.state import TrainingStopped, graceful_stop
 from sdxl_probe.train.toy_recipe.data import step_rng
 
@@ -85,6 +99,7 @@ class Run:
     start_step: int
     started_at: float
     accelerator: Any  # accelerate.Accelerator: autocast, backward, clipping (see make_accelerator)
+    objective: Objective
     ema: Any = None  # diffusers EMAModel of the LoRA weights ([training] ema_decay > 0), else None
 
 
@@ -95,7 +110,8 @@ def setup(cfg: TrainConfig, run_dir: Path, *, resume: bool, log=print, component
     """Build model, data, caches, network, optimizer and schedule; restore the latest state when resuming.
 
     Args:
-        components: already-loaded components (tests); None loads ``[model] source`` in fp32.
+        components: already-loaded components (tests); None loads ``[model] source``, the UNet and text
+            encoders in the mixed-precision dtype (fp32 with "no"), the VAE in fp32.
     """
     from diffusers.optimization import get_scheduler
 
@@ -103,7 +119,7 @@ def setup(cfg: TrainConfig, run_dir: Path, *, resume: bool, log=print, component
     from sdxl_probe.pipeline.device import resolve_device
 
     t = cfg.training
-    device = torch.device(resolve_device(t.device, option="[training] device"))  # weights stay fp32: master copy
+    device = torch.device(resolve_device(t.device, option="[training] device"))  # LoRA weights stay fp32 (peft keeps adapters fp32)
     accelerator = make_accelerator(device, t.mixed_precision)  # before any weight loads: fp16 on the CPU is refused
     if t.threads:
         torch.set_num_threads(t.threads)
@@ -115,7 +131,8 @@ def setup(cfg: TrainConfig, run_dir: Path, *, resume: bool, log=print, component
         configs = read_configs(cfg.model.source, allow_pickle=cfg.model.allow_pickle)
         check_buckets(buckets, size_multiple(configs["unet"], configs["vae"]))  # before any weight loads
         images = _images(cfg, buckets, log)
-        components = load_components(cfg.model.source, dtype=torch.float32, allow_pickle=cfg.model.allow_pickle)
+        components = load_components(cfg.model.source, dtype=weight_dtype(t.mixed_precision), vae_dtype=torch.float32,
+                                     allow_pickle=cfg.model.allow_pickle)  # fmt: skip
     else:
         check_buckets(buckets, size_multiple(dict(components.unet.config), dict(components.vae.config)))
         images = _images(cfg, buckets, log)
@@ -146,46 +163,15 @@ def setup(cfg: TrainConfig, run_dir: Path, *, resume: bool, log=print, component
         model.train(any(p.requires_grad for p in model.parameters()))
     return Run(cfg, run_dir, components, images, train_idx, val_idx, order, latents, text, network, optimizer,
                lr_scheduler, training_scheduler(components.scheduler.config), device, start, time.time(),
-               accelerator, ema)  # fmt: skip
+               accelerator, objective_of(t), ema)  # fmt: skip
 
 
-def make_accelerator(device: torch.device, mixed_precision: str):
-    """accelerate's ``Accelerator`` for ``device``: its autocast, backward (GradScaler for fp16), clipping.
-
-    It places nothing (``device_placement=False``: the trainer moved the models) and draws no
-    randomness (every draw comes from the (seed, micro-step) generators), so CPU resume stays
-    bit-exact. A multi-GPU run (``accelerate launch``) will only have to ``prepare`` the models too.
-    In a single process the shared accelerate state is reset first, so one process can train runs
-    of different precisions one after another (tests, studies).
-    """
-    if mixed_precision == "fp16" and device.type == "cpu":
-        raise ConfigError('[training] mixed_precision = "fp16" on the CPU: fp16 autocast is about 8x slower than '
-                          'fp32 there; use "bf16" or "no", or a CUDA device')  # fmt: skip
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-
-    if not PartialState._shared_state or PartialState().num_processes == 1:
-        AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu", device_placement=False)
-
-
-def enable_checkpointing(components, network: LoraNetwork) -> None:
-    """Recompute activations in backward: the UNet, and each text encoder that trains.
-
-    diffusers checkpoints only while gradients are enabled and transformers only in train mode, so
-    validation and sampling (``no_grad``, eval mode) run plain forwards. Non-reentrant checkpointing:
-    the frozen inputs need no ``requires_grad`` for the LoRA weights inside to get gradients.
-    """
-    components.unet.enable_gradient_checkpointing()
-    kwargs = {"use_reentrant": False}
-    for name in ("text_encoder", "text_encoder_2"):
-        if name not in network.params:
-            continue
-        encoder = getattr(components, name)
-        if hasattr(encoder, "activation_checkpointing_enable"):  # transformers 5 name
-            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+def objective_of(t) -> Objective:
+    """The ``[training]`` loss settings as an :class:`Objective`."""
+    return Objective(prediction_type="v_prediction" if t.v_parameterization else "epsilon", loss_type=t.loss_type,
+                     huber_schedule=t.huber_schedule, huber_c=t.huber_c, huber_scale=t.huber_scale,
+                     min_snr_gamma=t.min_snr_gamma, debiased=t.debiased_estimation_loss,
+                     scale_v_like_noise=t.scale_v_pred_loss_like_noise_pred)  # fmt: skip
 
 
 def _images(cfg: TrainConfig, buckets: Buckets, log) -> list[TrainImage]:
@@ -218,7 +204,7 @@ def _text_cache(cfg: TrainConfig, run_dir: Path, components, images: list[TrainI
     cache = build_text_cache(components.text_encoder, components.text_encoder_2, images,
                              n_variants=d.cache_text_variants, seed=cfg.training.seed,
                              model_max_length=components.tokenizer.model_max_length,
-                             max_token_length=_mtl(cfg), weighted=d.weighted_captions, folder=folder, log=log)  # fmt: skip
+                             max_token_length=token_length(cfg), weighted=d.weighted_captions, folder=folder, log=log)  # fmt: skip
     log(f"text-encoder cache: {sum(len(c) for c in cache.captions)} captions for {len(images)} images, "
         f"{cache.encoded} images encoded now")
     return cache
@@ -240,103 +226,6 @@ def _param_groups(cfg: TrainConfig, network: LoraNetwork) -> list[dict]:
         else:
             groups.append({"params": ps, "lr": lrs[name], "name": name})
     return groups
-
-
-def _mtl(cfg: TrainConfig) -> int | None:
-    return None if cfg.dataset.max_token_length == 75 else cfg.dataset.max_token_length
-
-
-# ----------------------------------------------------------------------------- batch parts
-
-
-def batch_latents(run: Run, idx: list[int], flips: list[bool]) -> torch.Tensor:
-    """(B, C, h, w) scaled latents of the batch, from the cache or the VAE."""
-    if run.latents is not None:
-        return torch.stack([run.latents.get(run.images[i], f) for i, f in zip(idx, flips, strict=True)])
-    import numpy as np
-
-    pixels = np.stack([load_pixels(run.images[i], f) for i, f in zip(idx, flips, strict=True)])  # (B, H, W, 3)
-    return encode_images(run.components, pixels).float().cpu()
-
-
-def batch_time_ids(run: Run, idx: list[int], flips: list[bool]) -> torch.Tensor:
-    """(B, 6) SDXL micro-conditioning: true original size, crop top-left, bucket size."""
-    rows = []
-    for i, f in zip(idx, flips, strict=True):
-        original, crop = micro_conditioning(run.images[i], f)
-        rows.append(time_ids(1, *run.images[i].bucket, original=original, crop=crop))
-    return torch.cat(rows)
-
-
-def batch_conditioning(run: Run, idx: list[int], rng, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Context (B, L, D) and pooled (B, P): a cached variant, or the caption pipeline then both encoders."""
-    if run.text is not None:
-        context, pooled, _ = run.text.draw(idx, rng)
-        return context.to(run.device), pooled.to(run.device)
-    captions = [process_caption(run.images[i].caption, run.images[i].options, rng, epoch=epoch + 1, step=step,
-                                max_train_steps=run.cfg.training.max_train_steps) for i in idx]  # fmt: skip
-    c = run.components
-    enc = encode_with(c.text_encoder, c.text_encoder_2, captions, model_max_length=c.tokenizer.model_max_length,
-                      max_token_length=_mtl(run.cfg), weighted=run.cfg.dataset.weighted_captions)  # fmt: skip
-    return enc.context, enc.pooled
-
-
-def epsilon_loss(pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, noise_scheduler, gamma: float,
-                 weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """Mean over the batch of the per-sample MSE, weighted min(SNR, gamma) / SNR when gamma > 0, and by
-    ``weights`` (B,) when given (sd-scripts' ``loss_weights``: prior_loss_weight on reg images)."""
-    from diffusers.training_utils import compute_snr
-
-    per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
-    if weights is not None:
-        per_sample = per_sample * weights
-    if gamma > 0:
-        snr = compute_snr(noise_scheduler, t)
-        per_sample = per_sample * torch.clamp(snr, max=gamma) / snr
-    return per_sample.mean()
-
-
-def validation_loss(run: Run) -> float | None:
-    """Mean MSE on the held-out images at fixed (timestep, noise) pairs (sd-scripts: t = 200..800)."""
-    if not run.val_idx:
-        return None
-    c, losses = run.components, []
-    with torch.no_grad(), eval_mode(c):  # no LoRA dropout: the same number for the same weights
-        for i in run.val_idx:
-            im = run.images[i]
-            x0 = batch_latents(run, [i], [False]).to(run.device)  # (1, C, h, w)
-            opts = CaptionOptions(caption_prefix=im.options.caption_prefix, caption_suffix=im.options.caption_suffix)
-            caption = process_caption(im.caption, opts, rng=None)  # deterministic: prefix and suffix only
-            enc = encode_with(c.text_encoder, c.text_encoder_2, [caption], model_max_length=c.tokenizer.model_max_length,
-                              max_token_length=_mtl(run.cfg), weighted=run.cfg.dataset.weighted_captions)  # fmt: skip
-            tids = batch_time_ids(run, [i], [False]).to(run.device)
-            for t_val in run.cfg.logging.validation_timesteps:
-                noise = seeded_noise(tuple(x0.shape), seed=hash_seed(run.cfg.training.seed, i, t_val), like=x0)
-                t = torch.tensor([t_val], device=run.device)
-                pred = predict_noise(c.unet, add_noise(run.noise_scheduler, x0, noise, t), t, context=enc.context,
-                                     pooled=enc.pooled, tids=tids).float()  # fmt: skip
-                losses.append((pred - noise).pow(2).mean().item())
-    return sum(losses) / len(losses)
-
-
-@contextmanager
-def eval_mode(components) -> Iterator[None]:
-    """Every network in eval mode for the block (no dropout), then back to its training mode."""
-    modes = {name: m.training for name, m in components.models()}
-    for _, m in components.models():
-        m.eval()
-    try:
-        yield
-    finally:
-        for name, m in components.models():
-            m.train(modes[name])
-
-
-def hash_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across processes, unlike ``hash``)."""
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -418,7 +307,8 @@ class MicroBatch:
     flips: list[bool]
     rng: random.Random  # continues with the caption draws
     x0: torch.Tensor  # (B, C, h, w) scaled clean latents
-    noise: torch.Tensor  # (B, C, h, w)
+    noise: torch.Tensor  # (B, C, h, w) the loss's noise (offset and pyramid applied)
+    input_noise: torch.Tensor  # (B, C, h, w) the noise added to x0: ``noise``, perturbed with ip_noise_gamma
     timesteps: torch.Tensor  # (B,)
 
 
@@ -430,11 +320,13 @@ def draw_micro_batch(run: Run, m: int) -> MicroBatch:
     epoch, idx = run.order.at(m)
     flips = [run.cfg.dataset.flip_aug and rng.random() < 0.5 for _ in idx]
     x0 = batch_latents(run, idx, flips)  # (B, C, h, w)
-    noise = torch.randn(x0.shape, generator=gen)
-    if t.noise_offset:
-        noise = noise + t.noise_offset * torch.randn((*x0.shape[:2], 1, 1), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)  # sd-scripts' order of draws: noise, offset, pyramid, t, perturbation
+    noise = offset_noise(noise, x0, t.noise_offset, t.adaptive_noise_scale, t.noise_offset_random_strength, gen)
+    noise = pyramid_noise(noise, t.multires_noise_iterations, t.multires_noise_discount, gen)
     timesteps = torch.randint(t.min_timestep, t.max_timestep, (len(idx),), generator=gen)
-    return MicroBatch(epoch, idx, flips, rng, x0.to(run.device), noise.to(run.device), timesteps.to(run.device))
+    input_noise = perturbed_noise(noise, t.ip_noise_gamma, t.ip_noise_gamma_random_strength, gen)
+    dev = run.device
+    return MicroBatch(epoch, idx, flips, rng, x0.to(dev), noise.to(dev), input_noise.to(dev), timesteps.to(dev))
 
 
 def optimizer_step(run: Run, step: int, last_saved: int) -> tuple[float, float | None, int]:
@@ -452,14 +344,17 @@ def optimizer_step(run: Run, step: int, last_saved: int) -> tuple[float, float |
     for a in range(accum):
         m = step * accum + a  # global micro-step: the key of every random draw
         b = draw_micro_batch(run, m)
-        xt = add_noise(run.noise_scheduler, b.x0, b.noise, b.timesteps)
+        xt = add_noise(run.noise_scheduler, b.x0, b.input_noise, b.timesteps)
         with acc.autocast():
             context, pooled = batch_conditioning(run, b.idx, b.rng, b.epoch, step)  # (B, L, D), (B, P)
             tids = batch_time_ids(run, b.idx, b.flips).to(run.device)  # (B, 6)
             pred = predict_noise(run.components.unet, xt, b.timesteps, context=context, pooled=pooled,
                                  tids=tids).float()  # fmt: skip
         weights = torch.tensor(run.order.loss_weights(b.idx), device=run.device)  # (B,) prior_loss_weight on reg
-        loss = epsilon_loss(pred, b.noise, b.timesteps, run.noise_scheduler, cfg.training.min_snr_gamma, weights)
+        loss = diffusion_loss(pred, b.x0, b.noise, b.timesteps, run.noise_scheduler, run.objective, weights)
+        if cfg.training.lora_weight_l1 or cfg.training.lora_weight_l2:
+            loss = loss + weight_penalty(run.network.all_params(), cfg.training.lora_weight_l1,
+                                         cfg.training.lora_weight_l2)  # fmt: skip
         if not torch.isfinite(loss):
             raise TrainingDiverged(checkpoints.divergence_message(run, step, m, loss, b.timesteps, last_saved))
         acc.backward(loss / accum)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -174,3 +175,43 @@ def weight_penalty(params: Iterable[torch.Tensor], l1: float, l2: float) -> torc
     params = list(params)
     terms = [l1 * p.abs().sum() for p in params if l1] + [l2 * p.pow(2).sum() for p in params if l2]
     return torch.stack(terms).sum() if terms else torch.zeros((), device=params[0].device if params else None)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A run's loss settings (the ``[training]`` fields of the same meaning), built once in setup."""
+
+    prediction_type: str = "epsilon"  # or "v_prediction"
+    loss_type: str = "l2"
+    huber_schedule: str = "snr"
+    huber_c: float = 0.1
+    huber_scale: float = 1.0
+    min_snr_gamma: float = 0.0
+    debiased: bool = False
+    scale_v_like_noise: bool = False
+
+
+def diffusion_loss(pred: torch.Tensor, x0: torch.Tensor | None, noise: torch.Tensor, timesteps: torch.Tensor,
+                   noise_scheduler, objective: Objective, weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """The batch loss, in sd-scripts' order (``NetworkTrainer.process_batch``, then ``post_process_loss``).
+
+    Element-wise loss against the target, mean over (C, h, w), times ``weights`` (B,) (sd-scripts'
+    ``loss_weights``: prior_loss_weight on regularization images), times the SNR weights, then the
+    batch mean.
+
+    Args:
+        pred: (B, C, h, w) UNet output; x0: clean latents (only read for v); noise: the added noise.
+    """
+    o = objective
+    target = target_for(o.prediction_type, noise_scheduler, x0, noise, timesteps)
+    huber_c = None
+    if o.loss_type in ("huber", "smooth_l1"):
+        huber_c = huber_threshold(o.huber_schedule, o.huber_c, o.huber_scale, timesteps, noise_scheduler)
+    per_sample = elementwise_loss(pred, target, o.loss_type, huber_c).mean(dim=(1, 2, 3))  # (B,)
+    if weights is not None:
+        per_sample = per_sample * weights
+    if o.min_snr_gamma > 0 or o.debiased or o.scale_v_like_noise:
+        per_sample = per_sample * snr_weights(timesteps, noise_scheduler, min_snr_gamma=o.min_snr_gamma,
+                                              v_prediction=o.prediction_type == "v_prediction", debiased=o.debiased,
+                                              scale_v_like_noise=o.scale_v_like_noise).to(per_sample)  # fmt: skip
+    return per_sample.mean()
