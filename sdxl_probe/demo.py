@@ -7,7 +7,13 @@ It runs the same commands a user would type, each in its own process, and prints
 3. ``embed``: tag versus sentence captions of the same scenes, per text encoder of the toy model;
 4. ``attention generate``: per-word cross-attention maps of toy-model generations;
 5. ``toy evaluate``: how well the toy model draws what it is asked, scored by the judge; the
-   index page states those figures, measured in the same run.
+   index page states those figures, measured in the same run;
+6. ``study run studies/tags_vs_sentences.toml``: an A/B caption study, 2 variants x 2 seeds, each a
+   LoRA trained on the toy model and scored (validation loss, caption adherence, diversity,
+   trigger-word attention), compared with bootstrap CIs and paired permutation tests;
+7. ``memorization``: the memorization report across the checkpoints of one of the study's runs.
+
+The closing lines print the study's headline table and the demo's wall time.
 
 Everything here comes from the project's toy model and toy world, and every page says so.
 """
@@ -23,6 +29,8 @@ from pathlib import Path
 from sdxl_probe.report.render import ReportHeader, render_page
 
 OUT = Path("reports/demo")
+STUDY = Path(__file__).resolve().parents[1] / "studies" / "tags_vs_sentences.toml"
+STUDY_RUN = "study/runs/tags/seed-0"  # the run whose checkpoints the memorization report scores
 PROMPTS = ["a red circle to the left of a blue square on a white background", "green triangle, black background"]
 
 
@@ -43,6 +51,12 @@ def steps(out: Path) -> list[tuple[str, list[str], str]]:
           "--seed", "0", "--steps", "25"], "attention/attention.html"),
         ("Toy model quality: the judge's scores on 212 prompts",
          ["toy", "evaluate", "--out", str(out / "toy-eval"), "--seed", "0"], "toy-eval/report.html"),
+        ("A/B caption study: tags versus sentences (toy model, 2 seeds per variant)",
+         ["study", "run", str(STUDY), "--out", str(out / "study")], "study/index.html"),
+        ("Memorization across the checkpoints of one study run (toy model)",
+         ["memorization", str(out / STUDY_RUN), "--out", str(out / "memorization"), "--seeds", "4", "--steps", "12",
+          "--sensitivity-seeds", "0", "--significance-captions", "0"],
+         "memorization/memorization.html"),
     ]  # fmt: skip
 
 
@@ -56,6 +70,23 @@ def model_status(out: Path) -> str:
         return f"The toy model's quality figures are missing ({e}); run `sdxl-probe toy evaluate`."
     parts = [f"{name} {value:.2f} ({verdict})" for name, value, verdict in result.acceptance()]
     return "Toy model quality measured in this run (sdxl-probe toy evaluate): " + "; ".join(parts) + "."
+
+
+def study_summary(out: Path) -> tuple[str, dict]:
+    """(the study's headline table as text, an index section with its verdicts and table), from this run's study.json."""
+    import json
+
+    from sdxl_probe.studies.report import LABELS, figures_table, headline_table, verdict
+
+    title = "Study: tags versus sentences (toy model)"
+    try:
+        data = json.loads((out / "study" / "study.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        missing = f"The study's figures are missing ({e}); run `sdxl-probe study run {STUDY.name}`."
+        return missing, {"title": title, "paragraphs": [missing]}
+    words = [f"{LABELS[m]}: " + verdict(m, v, data["control"], c[m], data["alpha"])
+             for v, c in data["comparisons"].items() for m in data["metrics"]]  # fmt: skip
+    return headline_table(data), {"title": title, "paragraphs": words, "table": figures_table(data)}
 
 
 def run_step(args: list[str]) -> tuple[int, float]:
@@ -81,6 +112,7 @@ def main() -> int:
 
 def run_all(out: Path) -> int:
     """Run the demo steps into ``out`` and write its index page; 1 if a step failed."""
+    start = time.perf_counter()
     links, failed = [], []
     for title, args, report in steps(out):
         code, seconds = run_step(args)
@@ -93,10 +125,15 @@ def run_all(out: Path) -> int:
                  "paragraphs": ["Every figure on these pages comes from the project's toy model and toy world "
                                 "(a small learned SDXL-architecture model), not from real SDXL.",
                                 model_status(out)]}]  # fmt: skip
+    table, section = study_summary(out)
+    sections.append(section)
     if failed:
         sections.append({"title": "Steps that failed", "paragraphs": failed})
     header = ReportHeader(title="sdxl-probe demo", model="toy", model_kind="toy", dataset=str(OUT / "data"))
     render_page("simple.html.j2", {"sections": sections}, out / "index.html", header=header)
+    print("study headline table (toy model):")
+    print(table)
+    print(f"demo wall time {time.perf_counter() - start:.0f} s (without make install)")
     print(f"wrote {OUT / 'index.html'}")
     return 1 if failed else 0
 

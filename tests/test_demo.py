@@ -126,3 +126,35 @@ def test_toy_evaluate_cli_files_agree_with_printed_figures(tiny_components, tmp_
         assert row["shape"] == (main is not None and main[1] == shape)
     assert {p.name for p in out.glob("grid_*.png")} == {f"grid_{g}.png" for g in loaded.counts}
     assert "toy model" in (out / "report.html").read_text()
+
+
+def test_index_states_this_runs_study_figures(tmp_path):
+    """The demo's study section is read from this run's study.json, not a fixed text.
+
+    Oracle: hand-made per-seed values: tags (0.5, 0.7) and sentences (0.6, 0.9) have means 0.6 and 0.75 and a
+    paired difference of +0.15 (seed 0: +0.1, seed 1: +0.2); with 2 seeds the exact sign-flip p is 0.5 and
+    the verdict says no difference is detectable.
+    """
+    import json
+
+    from sdxl_probe.demo import study_summary
+
+    text, section = study_summary(tmp_path)
+    assert "missing" in text and "missing" in section["paragraphs"][0]
+    values = {"tags": {"caption_adherence": {"0": 0.5, "1": 0.7}},
+              "sentences": {"caption_adherence": {"0": 0.6, "1": 0.9}}}  # fmt: skip
+    summaries = {v: {"caption_adherence": {"n": 2, "mean": m, "ci_low": lo, "ci_high": hi}}
+                 for v, m, lo, hi in (("tags", 0.6, 0.5, 0.7), ("sentences", 0.75, 0.6, 0.9))}  # fmt: skip
+    comparison = {"n": 2, "diff": 0.15, "ci_low": 0.1, "ci_high": 0.2, "d_z": 2.12, "p": 0.5, "p_holm": 0.5,
+                  "smallest_p": 0.5}  # fmt: skip
+    data = {"control": "tags", "variants": ["tags", "sentences"], "metrics": ["caption_adherence"], "alpha": 0.05,
+            "values": values, "summaries": summaries, "comparisons": {"sentences": {"caption_adherence": comparison}}}  # fmt: skip
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "study.json").write_text(json.dumps(data))
+    text, section = study_summary(tmp_path)
+    rows = {(r[0], r[1]): r for r in section["table"]["rows"]}
+    assert rows[("tags", "caption adherence (toy judge)")][3] == "0.6"
+    assert rows[("sentences", "caption adherence (toy judge)")][3:6] == ["0.75", "0.6 to 0.9", "+0.15"]
+    assert "sentences" in text and "+0.15" in text
+    (verdict,) = section["paragraphs"]
+    assert verdict.startswith("caption adherence (toy judge): No detectable difference: sentences minus tags = +0.15")

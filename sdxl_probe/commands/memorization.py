@@ -22,6 +22,12 @@ def memorization(
     ),
     cfg: float = typer.Option(5.0, "--cfg", help="Guidance scale."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per sampler batch."),
+    sensitivity_seeds: int = typer.Option(
+        4, "--sensitivity-seeds", help="Seeds per caption of the caption-sensitivity probes (0 skips them)."
+    ),
+    significance_captions: int = typer.Option(
+        8, "--significance-captions", help="Training captions whose token significance is computed (0 skips it)."
+    ),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Generation cache (default OUT_cache)."),
     device: str = device_option(),
     dtype: str = dtype_option(),
@@ -31,7 +37,8 @@ def memorization(
     from sdxl_probe.probes.memorization.core import measure, measure_files
     from sdxl_probe.probes.memorization.settings import MemorizationSettings
 
-    options = {"seeds": seeds, "steps": steps, "cfg": cfg, "batch_size": batch_size}
+    options = {"seeds": seeds, "steps": steps, "cfg": cfg, "batch_size": batch_size,
+               "sensitivity_seeds": sensitivity_seeds, "significance_captions": significance_captions}  # fmt: skip
     MemorizationSettings.checked(checkpoints=checkpoints, **options)  # bounds first, before any file is read
     common = {"log": typer.echo, "device": device, "dtype": dtype, "cache_dir": cache_dir}
     if run_dir is not None and lora:
