@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not gpu" tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not gpu" --durations=20 tests
 
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not gpu and not slow and not browser" tests
