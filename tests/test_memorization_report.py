@@ -6,9 +6,11 @@ CSV read back field by field; HTML escaping of a hostile caption (the report lay
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -64,15 +66,32 @@ def test_lora_minus_base_orients_each_score():
     assert got == pytest.approx({"copy_tiled_l2": 0.1, "loss_gap": 0.1, "diversity": -0.1, "copy_cosine": 0.2})
 
 
+PANELS = ("training", "last", "recommended", "base")
+
+
+def panels(folder, i: int) -> dict[str, str]:
+    """One 8 x 8 PNG per panel, each a distinct flat colour (so a row's pictures can be told apart)."""
+    (folder / "images").mkdir(exist_ok=True)
+    names = {}
+    for k, panel in enumerate(PANELS):
+        names[panel] = f"images/{i:05d}_{panel}.png"
+        Image.fromarray(np.full((8, 8, 3), (40 * i, 60 * k, 7), dtype=np.uint8)).save(folder / names[panel])
+    return names
+
+
 def made_result(tmp_path) -> MemorizationResult:
-    (tmp_path / "images").mkdir()
-    Image.fromarray(np.zeros((8, 32, 3), dtype=np.uint8)).save(tmp_path / "images" / "00000.png")
     ck = [ckpt(100, 0.01, 0.5), ckpt(200, 0.2, 0.4)]
+    head = compare.HEADLINE
     images = [{"file": "a.png", "caption": HOSTILE, "split": "train", "base": {"nearest_l2": 0.3},
-               "scores": {"100": {compare.HEADLINE: 0.01}, "200": {compare.HEADLINE: float("nan")}},
-               "figure": "images/00000.png"},
+               "scores": {"100": {head: 0.01}, "200": {head: float("nan")}}, "panels": panels(tmp_path, 0)},
               {"file": "b.png", "caption": "held", "split": "held-out", "base": {}, "scores": {"100": {}, "200": {}},
-               "figure": None}]  # fmt: skip
+               "panels": panels(tmp_path, 1)},
+              {"file": "c.png", "caption": "low", "split": "train", "base": {},
+               "scores": {"100": {head: 0.5}, "200": {head: -0.05}}, "panels": panels(tmp_path, 2)},
+              {"file": "d.png", "caption": "high", "split": "train", "base": {},
+               "scores": {"100": {head: 0.0}, "200": {head: 0.3}}, "panels": panels(tmp_path, 3)},
+              {"file": "e.png", "caption": "middle", "split": "held-out", "base": {},
+               "scores": {"100": {head: 0.0}, "200": {head: 0.02}}, "panels": panels(tmp_path, 4)}]  # fmt: skip
     return MemorizationResult(toy_model=True, headline=compare.HEADLINE, checkpoints=ck,
                               recommended=compare.recommend(ck, 0.05, "test"), images=images,
                               model={"source": "toy", "kind": "toy", "is_toy": True}, settings={"seeds": 8},
@@ -89,10 +108,10 @@ def test_save_load_round_trip_and_csv(tmp_path):
     assert back.kind == "memorization" and back.toy_model and back.headline == compare.HEADLINE
     assert back.checkpoints[1]["scores"] == result.checkpoints[1]["scores"]
     assert back.images[0]["scores"]["200"][compare.HEADLINE] is None
-    assert back.image_scores(100, compare.HEADLINE, "train") == [0.01]
-    assert back.image_scores(200, compare.HEADLINE, "train") == []
+    assert back.image_scores(100, compare.HEADLINE, "train") == [0.01, 0.5, 0.0]  # a, c, d in image order
+    assert back.image_scores(200, compare.HEADLINE, "train") == [-0.05, 0.3]  # a's NaN (null) is left out
     rows = list(csv.reader(io.StringIO((tmp_path / "memorization.csv").read_text(encoding="utf-8"))))
-    assert len(rows) == 1 + 2 * 2 and rows[1][:4] == ["100", "train", "a.png", HOSTILE]
+    assert len(rows) == 1 + 2 * 5 and rows[1][:4] == ["100", "train", "a.png", HOSTILE]
 
 
 def test_report_escapes_captions_and_says_toy_model(tmp_path):
@@ -116,3 +135,58 @@ def test_training_report_links_to_the_memorization_report_when_it_exists(tmp_pat
     (tmp_path / "memorization").mkdir()
     (tmp_path / "memorization" / "memorization.html").write_text("<html></html>")
     assert 'href="memorization/memorization.html"' in render_train(tmp_path).read_text(encoding="utf-8")
+
+
+class TableRows(HTMLParser):
+    """Rows of ``<table class="per-image">``: per row, its cell texts and its images' src attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside, self.rows, self.cell = False, [], None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.inside = attrs.get("class") == "per-image"
+        elif self.inside and tag == "tr":
+            self.rows.append({"cells": [], "images": []})
+        elif self.inside and tag == "td":
+            self.cell = ""
+        elif self.inside and tag == "img":
+            self.rows[-1]["images"].append(attrs["src"])
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.inside = False
+        elif self.inside and tag == "td":
+            self.rows[-1]["cells"].append(self.cell)
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell += data
+
+
+def test_per_image_rows_are_sorted_by_the_headline_and_carry_their_images(tmp_path):
+    """Oracle: memorization.json read back and sorted by hand on the headline at the last checkpoint, highest
+    first, missing (null) last; each row's pictures are the data URIs of that image's saved training, last,
+    recommended and base PNGs, in that order (base64 of the file bytes); the hostile caption stays escaped."""
+    made_result(tmp_path).save(tmp_path)
+    page = render_report(tmp_path).read_text(encoding="utf-8")
+    saved = json.loads((tmp_path / "memorization.json").read_text(encoding="utf-8"))
+    last = str(saved["checkpoints"][-1]["step"])
+    with_score = [im for im in saved["images"] if im["scores"][last].get(saved["headline"]) is not None]
+    without = [im for im in saved["images"] if im["scores"][last].get(saved["headline"]) is None]
+    expected = sorted(with_score, key=lambda im: im["scores"][last][saved["headline"]], reverse=True) + without
+    assert [im["caption"] for im in expected] == ["high", "middle", "low", HOSTILE, "held"]  # the hand sort
+    parser = TableRows()
+    parser.feed(page)
+    header, *rows = parser.rows
+    assert [r["cells"][1] for r in rows] == [im["caption"] for im in expected]
+    assert saved["recommended"]["step"] == 100 and len(header["images"]) == 0
+    for row, im in zip(rows, expected, strict=True):
+        want = ["data:image/png;base64," + base64.b64encode((tmp_path / im["panels"][p]).read_bytes()).decode()
+                for p in PANELS]  # fmt: skip
+        assert row["images"] == want, im["caption"]
+    assert "<script>alert" not in page and "&lt;script&gt;" in page
+    assert "copy_cosine feature space: VAE latents" in page

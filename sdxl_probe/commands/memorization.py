@@ -28,6 +28,12 @@ def memorization(
     significance_captions: int = typer.Option(
         8, "--significance-captions", help="Training captions whose token significance is computed (0 skips it)."
     ),
+    features_model: str = typer.Option(
+        "", "--features-model", help="open_clip architecture (e.g. ViT-B-32) of the copy cosine (default: VAE latents)."
+    ),
+    features_weights: Path | None = typer.Option(
+        None, "--features-weights", help="Its state dict as .safetensors (pickles and TorchScript are refused)."
+    ),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Generation cache (default OUT_cache)."),
     device: str = device_option(),
     dtype: str = dtype_option(),
@@ -38,7 +44,8 @@ def memorization(
     from sdxl_probe.probes.memorization.settings import MemorizationSettings
 
     options = {"seeds": seeds, "steps": steps, "cfg": cfg, "batch_size": batch_size,
-               "sensitivity_seeds": sensitivity_seeds, "significance_captions": significance_captions}  # fmt: skip
+               "sensitivity_seeds": sensitivity_seeds, "significance_captions": significance_captions,
+               "features_model": features_model, "features_weights": str(features_weights or "")}  # fmt: skip
     MemorizationSettings.checked(checkpoints=checkpoints, **options)  # bounds first, before any file is read
     common = {"log": typer.echo, "device": device, "dtype": dtype, "cache_dir": cache_dir}
     if run_dir is not None and lora:

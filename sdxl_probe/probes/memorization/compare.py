@@ -16,7 +16,7 @@ HEADLINE = "copy_tiled_l2"
 # score -> (raw measure, sign): score = sign * (LoRA raw - base raw)
 SCORES: dict[str, tuple[str, int]] = {
     "copy_tiled_l2": ("nearest_l2", -1),  # Carlini: the LoRA's generations come closer to the image
-    "copy_cosine": ("copy_cosine", 1),  # Somepalli's copy score, VAE-latent features
+    "copy_cosine": ("copy_cosine", 1),  # Somepalli's copy score: VAE latents or an open_clip encoder
     "clique": ("clique", 1),  # Carlini: share of seeds in the largest near-identical clique
     "diversity": ("diversity", 1),  # mean pairwise tiled L2 among seeds (lower = collapse)
     "noise_norm": ("noise_norm", 1),  # Wen, mean over the first steps

@@ -36,7 +36,8 @@ def measure(run_dir: Path, out: Path, *, seeds: int = 8, steps: int = 20, checkp
         device, dtype: as every command's ``--device``/``--dtype``.
         components: already loaded components of that model (tests); else loaded here.
         cache_dir: the generation cache; default ``OUT_cache`` beside ``out``.
-        options: further :class:`MemorizationSettings` fields (cfg, batch_size, first_steps, ...).
+        options: further :class:`MemorizationSettings` fields (cfg, batch_size, first_steps, features_model,
+            features_weights, ...).
     """
     settings = MemorizationSettings.checked(seeds=seeds, steps=steps, checkpoints=checkpoints, **options)
     run_dir = Path(run_dir)
@@ -75,8 +76,11 @@ def _measure(ckpts, source, out, settings, *, log, metrics, origin, device, dtyp
 
     out = Path(out)
     preflight_folder(out, owns=(RESULT_JSON,))
+    encoder = _encoder(settings)  # weights that do not fit the architecture are refused before the model loads
     if components is None:
         components = _load(source, device, dtype)
+    if encoder is not None:
+        encoder.to(next(components.unet.parameters()).device)
     from sdxl_probe.pipeline.sampling import default_size
 
     images = load_images(bucket(default_size(components)))
@@ -84,12 +88,21 @@ def _measure(ckpts, source, out, settings, *, log, metrics, origin, device, dtyp
     cache = GenerationCache(Path(cache_dir) if cache_dir else out.parent / f"{out.name}_cache")
     with output_folder(out, owns=(RESULT_JSON,)) as tmp:
         result = score_run(components, ckpts, images, metrics, settings, cache, tmp, source=source,
-                           origin=origin, log=log)  # fmt: skip
+                           origin=origin, log=log, encoder=encoder)  # fmt: skip
         result.save(tmp)
         from sdxl_probe.probes.memorization.report import render_report
 
         render_report(tmp)
     return result
+
+
+def _encoder(settings: MemorizationSettings):
+    """The copy cosine's open_clip image encoder when ``--features-model`` is given, else None (VAE latents)."""
+    if not settings.features_model:
+        return None
+    from sdxl_probe.probes.memorization.features import load_encoder
+
+    return load_encoder(settings.features_model, settings.features_weights)
 
 
 def _load(source: str, device: str, dtype: str):

@@ -1,7 +1,7 @@
 """Raw per-image measures of one model state (the base model, or the base with one LoRA loaded).
 
-Generation-based (from :mod:`generate`): nearest tiled L2 to the caption's own image, a VAE-latent
-cosine, clique share and diversity among the N seeds, Wen's noise norm, Ren's attention entropy and
+Generation-based (from :mod:`generate`): nearest tiled L2 to the caption's own image, a feature
+cosine (VAE latents, or an image encoder: :mod:`features`), clique share and diversity among the N seeds, Wen's noise norm, Ren's attention entropy and
 BOS mass, and on the toy model caption adherence. Generation-free: the denoising loss on a fixed bank
 of (t, noise) pairs and its conditional gap (membership inference, Matsumoto et al. 2023; CLiD's
 conditional-vs-unconditional discrepancy).
@@ -43,7 +43,7 @@ def image_measures(gens: Sequence[Generation], own: torch.Tensor, own_feature: t
     Args:
         gens: N generations (one per seed).
         own: (1, H, W, 3) the caption's image in [0, 1].
-        own_feature: (1, D) its feature vector (VAE latents, flattened).
+        own_feature: (1, D) its feature vector (VAE latents flattened, or the image encoder's embedding).
         gen_features: (N, D) the generations' features.
         toy_content: the judge's content of ``own`` on the toy model, else None.
     """
@@ -81,6 +81,11 @@ def latent_features(components, images: np.ndarray, batch_size: int) -> torch.Te
     parts = [encode_images(components, images[s : s + batch_size]).float().flatten(1).cpu()
              for s in range(0, len(images), batch_size)]  # fmt: skip
     return torch.cat(parts)
+
+
+def image_features(components, images: np.ndarray, batch_size: int, encoder=None) -> torch.Tensor:
+    """(N, D) features of uint8 images: VAE latents, or the user's image encoder (:mod:`features`) when given."""
+    return latent_features(components, images, batch_size) if encoder is None else encoder(images, batch_size)
 
 
 def denoising_losses(components, pixels: np.ndarray, captions: list[str], batch_size: int) -> dict[str, list[float]]:

@@ -1,7 +1,8 @@
-"""Render ``memorization.html`` from ``memorization.json`` and the image strips (no torch, no model).
+"""Render ``memorization.html`` from ``memorization.json`` and the image panels (no torch, no model).
 
 Every caption and path reaches the page through the shared report layer, whose jinja2 environment
-escapes all text (``sdxl_probe.report.render``).
+escapes all text (``sdxl_probe.report.render``). The page is ``simple.html.j2`` plus one block, the
+per-image table, whose rows carry their images (:data:`PAGE`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,29 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_probe.errors import ProbeError
+from sdxl_probe.io import write_text
 from sdxl_probe.report.figures import bytes_to_data_uri, figure_to_data_uri, new_figure
-from sdxl_probe.report.render import ReportHeader, precision_text, render_page
+from sdxl_probe.report.render import ReportHeader, make_environment, precision_text
 
 REPORT_NAME = "memorization.html"
+IMAGE_COLUMNS = ("copy_tiled_l2", "copy_cosine", "clique", "diversity", "noise_norm", "loss_gap")
+# simple.html.j2's sections, then the per-image table: score cells, then one inline PNG per panel
+PAGE = """{% extends "simple.html.j2" %}
+{% block content %}
+{{ super() }}
+<section>
+  <h2>Per image, most memorized first</h2>
+  <p>{{ per_image.note }}</p>
+  <table class="per-image">
+    <tr>{% for col in per_image.columns %}<th>{{ col }}</th>{% endfor %}</tr>
+    {% for row in per_image.rows %}
+    <tr>{% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}
+      {% for pic in row.pictures %}<td class="picture">{% if pic.uri %}<img src="{{ pic.uri }}" alt="{{ pic.alt }}" style="max-width:160px">{% else %}–{% endif %}</td>{% endfor %}</tr>
+    {% endfor %}
+  </table>
+</section>
+{% endblock %}
+"""
 CURVE_SCORES = ("copy_tiled_l2", "copy_cosine", "clique", "diversity", "noise_norm", "attn_entropy", "bos_mass",
                 "loss_gap", "coverage", "adherence")  # fmt: skip
 
@@ -56,13 +76,42 @@ def checkpoint_table(meta: dict) -> dict:
     return {"columns": ["step", "train loss", "val loss", "membership AUC", *names], "rows": rows}
 
 
-def image_rows(meta: dict) -> tuple[dict, list[dict]]:
-    """The per-image table at the last checkpoint, most memorized first, and the image strips in that order."""
+def ranked_images(meta: dict) -> list[dict]:
+    """The images by the headline score at the last checkpoint, highest first; images without it last."""
     last, head = str(meta["checkpoints"][-1]["step"]), meta["headline"]
-    ranked = sorted(meta["images"], key=lambda im: -(im["scores"].get(last, {}).get(head) or float("-inf")))
-    cols = ("copy_tiled_l2", "copy_cosine", "clique", "diversity", "noise_norm", "loss_gap")
-    rows = [[im["split"], im["caption"], *(_fmt(im["scores"].get(last, {}).get(c)) for c in cols)] for im in ranked]
-    return {"columns": ["split", "caption", *cols], "rows": rows}, ranked
+
+    def value(im: dict) -> float:
+        v = im["scores"].get(last, {}).get(head)
+        return float("-inf") if v is None else v
+
+    return sorted(meta["images"], key=value, reverse=True)
+
+
+def panels_shown(meta: dict) -> list[tuple[str, str]]:
+    """(panel, column title): the training image, then its nearest generation at last, recommended, base."""
+    last, rec = meta["checkpoints"][-1]["step"], meta["recommended"]["step"]
+    shown = [("training", "training image"), ("last", f"nearest generation, step {last} (last)")]
+    if rec != last:
+        shown.append(("recommended", f"nearest generation, step {rec} (recommended)"))
+    return [*shown, ("base", "nearest generation, base model")]
+
+
+def picture(result_dir: Path, name: str | None, alt: str) -> dict:
+    """An inline PNG (a data URI) of a saved panel; no URI when the file is missing."""
+    path = result_dir / name if name else None
+    uri = bytes_to_data_uri(path.read_bytes(), "image/png") if path is not None and path.is_file() else None
+    return {"uri": uri, "alt": alt}
+
+
+def image_rows(meta: dict, result_dir: Path) -> dict:
+    """The per-image table at the last checkpoint, most memorized first, each row with its images."""
+    last, shown = str(meta["checkpoints"][-1]["step"]), panels_shown(meta)
+    rows = [{"cells": [im["split"], im["caption"], *(_fmt(im["scores"].get(last, {}).get(c)) for c in IMAGE_COLUMNS)],
+             "pictures": [picture(result_dir, im.get("panels", {}).get(p), f"{title}: {im['caption']}")
+                          for p, title in shown]} for im in ranked_images(meta)]  # fmt: skip
+    note = (f"Sorted by {meta['headline']} at step {last} (LoRA minus base), highest first; each row shows the "
+            f"training image beside the nearest of its {meta['settings'].get('seeds', 'N')} generations.")  # fmt: skip
+    return {"columns": ["split", "caption", *IMAGE_COLUMNS, *(t for _, t in shown)], "rows": rows, "note": note}
 
 
 def render_report(result_dir: str | Path) -> Path:
@@ -74,16 +123,12 @@ def render_report(result_dir: str | Path) -> Path:
     meta = json.loads(path.read_text(encoding="utf-8"))
     rec = meta["recommended"]
     toy = " (toy model: these figures come from the project's toy model, not real SDXL)" if meta["toy_model"] else ""
-    table, ranked = image_rows(meta)
-    strips = [{"uri": bytes_to_data_uri((result_dir / im["figure"]).read_bytes(), "image/png"),
-               "caption": f"{im['caption']}: training image | nearest of {meta['settings']['seeds']} seeds, base | "
-                          f"step {rec['step']} (recommended) | step {meta['checkpoints'][-1]['step']} (last)"}
-              for im in ranked if im.get("figure") and (result_dir / im["figure"]).is_file()]  # fmt: skip
     sections = [
         {"title": "Recommended checkpoint", "paragraphs": [
             f"Keep step {rec['step']}{toy}.", f"Rule: {rec['rule']}.",
             "Scores are LoRA minus base on the same captions and seeds; higher means more copying, except "
-            "diversity (lower: the seeds collapse onto one image) and bos_mass (lower: attention leaves BOS)."]},
+            "diversity (lower: the seeds collapse onto one image) and bos_mass (lower: attention leaves BOS).",
+            f"copy_cosine feature space: {meta['settings'].get('features', 'VAE latents')}."]},
         {"title": "Across checkpoints", "figures": [{"uri": curves_uri(meta), "caption": "loss and scores by step; "
                                                      "dotted line: the recommended checkpoint"}],
          "table": checkpoint_table(meta)},
@@ -101,11 +146,12 @@ def render_report(result_dir: str | Path) -> Path:
                    "rows": [[im["caption"], ", ".join(f"{r['token']} {r['lora_minus_base']:.3g}" for r in ts["tokens"][:6])]
                             for im, ts in zip([i for i in meta["images"] if i["split"] == "train"],
                                               meta.get("token_significance", []), strict=False)]}},
-        {"title": "Per image, most memorized first", "table": table, "figures": strips},
     ]  # fmt: skip
     model = meta["model"]
     device, dtype = precision_text(model)
     header = ReportHeader(title=f"Memorization: {meta['source']}", model=model.get("source"),
                           model_kind=model.get("kind"), dataset=meta["source"], config=meta["settings"],
                           device=device, dtype=dtype)  # fmt: skip
-    return render_page("simple.html.j2", {"sections": sections}, result_dir / REPORT_NAME, header=header)
+    page = make_environment().from_string(PAGE).render(sections=sections, per_image=image_rows(meta, result_dir),
+                                                       header=header)  # fmt: skip
+    return write_text(result_dir / REPORT_NAME, page)

@@ -44,7 +44,8 @@ class MemorizationResult:
             "train_loss", "val_loss", "generated", "seconds": {"generation", "scoring"}}``.
         recommended: ``{"step", "rule", "crossed_at", "threshold"}``.
         images: per image ``{"file", "caption", "split", "base": {raw measures}, "scores": {step: {score}},
-            "figure": PNG name under images/ or None}``.
+            "panels": {"training", "last", "recommended", "base": PNG name under images/}}``: the image and
+            its nearest generation at the last and recommended checkpoints and on the base model.
         model: source, kind, hash, device and dtype.
         settings: seeds, steps, cfg, sampler, size, first_steps, thresholds.
         directions: score -> +1 (higher = more copying), -1 (lower = more copying) or 0 (not a score).

@@ -15,14 +15,14 @@ from sdxl_probe.probes.memorization.settings import MemorizationSettings
 from sdxl_probe.probes.memorization.state import Reference, StateMeasures, measure_state
 
 
-def reference(components, images: list[ScoredImage], batch_size: int) -> Reference:
-    """Pixels, VAE-latent features and (toy model) judged contents of the images, computed once."""
-    from sdxl_probe.probes.memorization.measures import judged_content, latent_features
+def reference(components, images: list[ScoredImage], batch_size: int, encoder=None) -> Reference:
+    """Pixels, features (VAE latents, or ``encoder``'s) and (toy model) judged contents of the images, once."""
+    from sdxl_probe.probes.memorization.measures import image_features, judged_content
 
     pixels = np.stack([im.pixels for im in images])  # (M, H, W, 3)
     contents = [judged_content(p) for p in pixels] if components.is_toy else None
-    return Reference([im.caption for im in images], pixels, latent_features(components, pixels, batch_size),
-                     [i for i, im in enumerate(images) if im.split == "train"], contents)  # fmt: skip
+    return Reference([im.caption for im in images], pixels, image_features(components, pixels, batch_size, encoder),
+                     [i for i, im in enumerate(images) if im.split == "train"], contents, encoder)  # fmt: skip
 
 
 def sampler_settings(settings: MemorizationSettings, size: tuple[int, int], noise: float = 0.0) -> SamplerSettings:
@@ -55,12 +55,15 @@ def checkpoint_entry(ckpt: Checkpoint, state: StateMeasures, base: StateMeasures
 
 def score_run(components, ckpts: list[Checkpoint], images: list[ScoredImage], metrics: list[dict],
               settings: MemorizationSettings, cache: GenerationCache, folder: Path, *, source: str, origin: str,
-              log=print) -> MemorizationResult:  # fmt: skip
-    """Measure the base model and every checkpoint; returns the result (figures written into ``folder``)."""
+              log=print, encoder=None) -> MemorizationResult:  # fmt: skip
+    """Measure the base model and every checkpoint; returns the result (figures written into ``folder``).
+
+    ``encoder``: the copy cosine's image encoder (:class:`features.ImageEncoder`); None = VAE latents.
+    """
     from sdxl_probe.pipeline.lora import lora_loaded
 
     size = images[0].pixels.shape[:2]
-    ref = reference(components, images, settings.batch_size)
+    ref = reference(components, images, settings.batch_size, encoder)
     sampler, seeds = sampler_settings(settings, size), settings.seed_list()
     prec = model_entry(components, source)
     where = f"{prec.get('device')}:{prec.get('dtype')}:{prec.get('vae_dtype')}"  # images differ by precision
@@ -81,13 +84,13 @@ def score_run(components, ckpts: list[Checkpoint], images: list[ScoredImage], me
     base_extra = last_checkpoint_probes(components, ref, settings, size, cache, base_id, log)
     limit, how = compare.threshold(entries, base.split_gap)
     recommended = compare.recommend(entries, limit, how)
-    figures = write_figures(folder, ref, base, states, recommended["step"], ckpts[-1].step)
+    panels = write_panels(folder, ref, base, states, recommended["step"], ckpts[-1].step)
     return MemorizationResult(
         toy_model=bool(components.is_toy), headline=compare.HEADLINE, checkpoints=entries, recommended=recommended,
         images=[{"file": im.file, "caption": im.caption, "split": im.split, "base": base.per_image[i],
-                 "scores": {str(s): per_image[s][i] for s in per_image}, "figure": figures.get(i)}
+                 "scores": {str(s): per_image[s][i] for s in per_image}, "panels": panels[i]}
                 for i, im in enumerate(images)],
-        model=prec, settings=settings_entry(settings, size),
+        model=prec, settings=settings_entry(settings, size, encoder),
         directions=compare.DIRECTION | {"coverage": 1}, sensitivity=sensitivity_entry(extra, base_extra),
         token_significance=significance_entry(extra, base_extra), source=origin,
     )  # fmt: skip
@@ -150,21 +153,27 @@ def significance_entry(lora: dict, base: dict) -> list[dict]:
     return out
 
 
-def write_figures(folder: Path, ref: Reference, base: StateMeasures, states: dict[int, StateMeasures],
-                  recommended: int, last: int) -> dict[int, str]:  # fmt: skip
-    """Per training image, a PNG strip: the image, then its nearest generation (base, recommended, last)."""
+def write_panels(folder: Path, ref: Reference, base: StateMeasures, states: dict[int, StateMeasures],
+                 recommended: int, last: int) -> list[dict[str, str]]:  # fmt: skip
+    """Per image, PNGs of the image and of its nearest generation (last, recommended, base checkpoint).
+
+    Returns:
+        Per image, panel -> PNG name under ``images/``; panels "training", "last", "recommended", "base".
+    """
     from PIL import Image
 
     from sdxl_probe.io import write_with
 
-    names = {}
-    for i in ref.train:
-        strip = np.concatenate([ref.pixels[i], base.nearest[i], states[recommended].nearest[i],
-                                states[last].nearest[i]], axis=1)  # (H, 4W, 3)
-        name = f"{IMAGE_DIR}/{i:05d}.png"
-        write_with(folder / name, lambda p, s=strip: Image.fromarray(s).save(p, format="PNG"))
-        names[i] = name
-    return names
+    out = []
+    for i in range(len(ref.captions)):
+        pictures = {"training": ref.pixels[i], "last": states[last].nearest[i],
+                    "recommended": states[recommended].nearest[i], "base": base.nearest[i]}  # (H, W, 3) each
+        names = {}
+        for panel, pixels in pictures.items():
+            names[panel] = f"{IMAGE_DIR}/{i:05d}_{panel}.png"
+            write_with(folder / names[panel], lambda p, a=pixels: Image.fromarray(a).save(p, format="PNG"))
+        out.append(names)
+    return out
 
 
 def model_entry(components, source: str) -> dict:
@@ -174,11 +183,12 @@ def model_entry(components, source: str) -> dict:
             "hash": components.model_hash(), **precision_of(components)}  # fmt: skip
 
 
-def settings_entry(settings: MemorizationSettings, size) -> dict:
+def settings_entry(settings: MemorizationSettings, size, encoder=None) -> dict:
     from dataclasses import asdict
 
+    from sdxl_probe.probes.memorization.features import VAE_FEATURES
     from sdxl_probe.probes.memorization.measures import CLIQUE_EDGE_L2, LOSS_TIMESTEPS, NEAR_COPY_L2
 
     return asdict(settings) | {"height": int(size[0]), "width": int(size[1]), "near_copy_l2": NEAR_COPY_L2,
                                "clique_edge_l2": CLIQUE_EDGE_L2, "loss_timesteps": list(LOSS_TIMESTEPS),
-                               "features": "VAE latents (posterior mean)"}  # fmt: skip
+                               "features": VAE_FEATURES if encoder is None else encoder.label}  # fmt: skip

@@ -26,6 +26,8 @@ class MemorizationSettings:
         sensitivity_seeds: seeds per caption of the caption-sensitivity probes (last checkpoint only).
         significance_captions: training captions whose token significance is computed (last checkpoint).
         class_caption: the class-only caption of the sensitivity probe (Somepalli's "An image of {class}").
+        features_model: open_clip architecture of the copy cosine's image encoder ("" = VAE latents).
+        features_weights: its state dict, a .safetensors file ("" = VAE latents); pickles are refused.
     """
 
     seeds: Annotated[int, Range(2, 512)] = 8
@@ -38,6 +40,17 @@ class MemorizationSettings:
     sensitivity_seeds: Annotated[int, Range(0, 512)] = 4
     significance_captions: Annotated[int, Range(0, 10_000)] = 8
     class_caption: str = "an image"
+    features_model: str = ""
+    features_weights: str = ""
+
+    def checks(self) -> list[tuple[str, str, str]]:
+        """The feature-encoder pair: both or neither, a .safetensors file that exists, a known architecture."""
+        if not self.features_model and not self.features_weights:
+            return []  # VAE latents; nothing to import
+        from sdxl_probe.probes.memorization.features import weights_problem
+
+        found = weights_problem(self.features_model, self.features_weights)
+        return [found] if found else []
 
     @classmethod
     def checked(cls, **values: Any) -> MemorizationSettings:

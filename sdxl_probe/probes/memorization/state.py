@@ -14,8 +14,8 @@ from sdxl_probe.probes.memorization.generate import GenerationCache, SamplerSett
 from sdxl_probe.probes.memorization.measures import (
     coverage_of,
     denoising_losses,
+    image_features,
     image_measures,
-    latent_features,
     to_unit,
 )
 from sdxl_probe.probes.memorization.scores import tiled_l2
@@ -28,9 +28,10 @@ class Reference:
     Attributes:
         captions: per image.
         pixels: (M, H, W, 3) uint8.
-        features: (M, D) VAE-latent features.
+        features: (M, D) features (VAE latents, or ``encoder``'s embeddings).
         train: indices of the training images.
         contents: the toy judge's content per image (toy model), else None.
+        encoder: the image encoder of the copy cosine (:class:`features.ImageEncoder`); None = VAE latents.
     """
 
     captions: list[str]
@@ -38,6 +39,7 @@ class Reference:
     features: torch.Tensor
     train: list[int]
     contents: list | None = None
+    encoder: object | None = None
 
 
 @dataclass
@@ -61,7 +63,7 @@ def measure_state(components, model_id: str, ref: Reference, seeds: list[int], s
     t1 = time.perf_counter()
     n = len(seeds)
     images = torch.stack([g.image for g in gens]).numpy()  # (M * N, H, W, 3)
-    features = latent_features(components, images, batch_size)  # (M * N, D)
+    features = image_features(components, images, batch_size, ref.encoder)  # (M * N, D)
     losses = denoising_losses(components, ref.pixels, ref.captions, batch_size)
     with one_thread():
         per_image, nearest, split_gap, cov = _score_images(gens, ref, n, features)
