@@ -96,6 +96,18 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return Path(path)
 
 
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict]:
+    """The records of a JSON-lines file, [] when it is missing; a line torn by a kill is skipped."""
+    path = Path(path)
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
 def write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> Path:
     """Atomically write JSON (UTF-8, non-ASCII kept; ``\\u`` escapes if a string holds lone surrogates)."""
     text = json.dumps(obj, indent=indent, ensure_ascii=False, default=_json_default)

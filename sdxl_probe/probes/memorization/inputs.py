@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sdxl_probe.errors import ProbeError
+from sdxl_probe.io import read_jsonl
 
 STEP_RE = re.compile(r"^(?P<name>.+)-step(?P<step>\d+)\.safetensors$")
 
@@ -71,14 +72,7 @@ def read_json(path: Path, what: str) -> dict:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """``metrics.jsonl`` records (a line torn by a kill is skipped)."""
-    path = run_dir / "metrics.jsonl"
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 
 def run_checkpoints(run_dir: Path, name: str, metrics: list[dict], which: str) -> list[Checkpoint]:

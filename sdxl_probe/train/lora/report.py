@@ -13,18 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from sdxl_probe.errors import ProbeError
+from sdxl_probe.io import read_jsonl
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """The metric records of a run (a line torn by a kill is skipped)."""
-    path = run_dir / "metrics.jsonl"
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 
 def curves_uri(records: list[dict]) -> str:
