@@ -185,3 +185,9 @@ def test_the_loop_weights_reg_samples_by_prior_loss_weight(tiny_components, tmp_
     assert len(seen) == 2 and sorted(seen[0] + seen[1]) == [0.25] * 4 + [1.0] * 4
     rows = json.loads((tmp_path / "run" / "manifest.json").read_text())["images"]
     assert [(r["is_reg"], r["trained_repeats"]) for r in rows] == [(False, 2)] * 2 + [(True, 2), (True, 1), (True, 1)]
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "run" / "lora.safetensors"), "pt") as f:
+        meta = f.metadata()
+    # sd-scripts' DreamBoothDataset counts: 2 images x 2 repeats trained, 3 reg images x 1 repeat
+    assert (meta["ss_num_train_images"], meta["ss_num_reg_images"]) == ("4", "3")

@@ -131,9 +131,9 @@ def save(run: Run, step: int, epoch: int) -> None:
 
 def _write_lora(run: Run, path: Path, step: int, epoch: int) -> Path:
     bh, bw = run.images[0].bucket
-    meta = kohya_metadata(_shown_config(run), images=run.images, steps=step, epoch=epoch, started=run.started_at,
-                          resolution=f"{bw}x{bh}", title=f"{run.cfg.saving.output_name} step {step}")  # fmt: skip
-    meta["ss_optimizer"] = optimizer_description(run.cfg)
+    meta = kohya_metadata(run.cfg, images=run.images, train_idx=run.train_idx, optimizer=optimizer_description(run.cfg),
+                          steps=step, epoch=epoch, started=run.started_at, resolution=f"{bw}x{bh}",
+                          title=f"{run.cfg.saving.output_name} step {step}")  # fmt: skip
     return save_kohya(path, lora_tensors(_models(run), run.components.unet.config), meta)
 
 
@@ -144,16 +144,6 @@ def optimizer_description(cfg) -> str:
     o = cfg.optimizer
     return describe(o.type, optimizer_kwargs(o.type, o.optimizer_args, weight_decay=o.weight_decay,
                                              betas=o.betas, eps=o.eps))  # fmt: skip
-
-
-def _shown_config(run: Run):
-    """The config with the optimizer's effective weight decay and betas (the section leaves them None)."""
-    import dataclasses
-
-    group = run.optimizer.param_groups[0]
-    o = run.cfg.optimizer
-    shown = dataclasses.replace(o, weight_decay=group.get("weight_decay", 0.0), betas=tuple(group.get("betas", ())))
-    return dataclasses.replace(run.cfg, optimizer=shown)
 
 
 def write_ema(run: Run, path: Path, step: int, epoch: int) -> Path:

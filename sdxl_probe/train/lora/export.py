@@ -191,9 +191,16 @@ def tag_frequency(images: list) -> dict[str, dict[str, int]]:
     return {k: dict(v) for k, v in freq.items()}
 
 
-def kohya_metadata(cfg, *, images: list, steps: int, epoch: int, started: float, resolution: str,
-                   title: str) -> dict[str, str]:  # fmt: skip
-    """``ss_*`` (every value a string, as sd-scripts) and ``modelspec.*`` metadata of a checkpoint."""
+def kohya_metadata(cfg, *, images: list, train_idx: list[int], optimizer: str, steps: int, epoch: int,
+                   started: float, resolution: str, title: str) -> dict[str, str]:  # fmt: skip
+    """``ss_*`` (every value a string, as sd-scripts) and ``modelspec.*`` metadata of a checkpoint.
+
+    Args:
+        images: every image of the dataset (``ss_tag_frequency`` counts them all, as sd-scripts).
+        train_idx: the images trained on (not held out); regularization images are counted apart.
+        optimizer: sd-scripts' ``ss_optimizer`` text, ``module.Class(args)``.
+    """
+    trained = [images[i] for i in train_idx]
     n, o, t, d = cfg.network, cfg.optimizer, cfg.training, cfg.dataset
     module, args = network_module_and_args(n)
     meta = {
@@ -209,7 +216,7 @@ def kohya_metadata(cfg, *, images: list, steps: int, epoch: int, started: float,
         "ss_text_encoder_lr": str([o.text_encoder_1_lr, o.text_encoder_2_lr]),
         "ss_lr_scheduler": o.lr_scheduler,
         "ss_lr_warmup_steps": str(o.lr_warmup_steps),
-        "ss_optimizer": f"torch.optim.AdamW(weight_decay={o.weight_decay},betas={tuple(o.betas)})",
+        "ss_optimizer": optimizer,
         "ss_max_grad_norm": str(o.max_grad_norm),
         "ss_mixed_precision": t.mixed_precision,
         "ss_seed": str(t.seed),
@@ -219,7 +226,8 @@ def kohya_metadata(cfg, *, images: list, steps: int, epoch: int, started: float,
         "ss_max_train_steps": str(t.max_train_steps),
         "ss_steps": str(steps),
         "ss_epoch": str(epoch),
-        "ss_num_train_images": str(sum(im.repeats for im in images)),
+        "ss_num_train_images": str(sum(im.repeats for im in trained if not im.is_reg)),
+        "ss_num_reg_images": str(sum(im.repeats for im in trained if im.is_reg)),
         "ss_num_epochs": str(epoch),
         "ss_batch_size_per_device": str(d.batch_size),
         "ss_resolution": resolution,
