@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_train.py            # toy model: batch 8, rank 4 on UNet attention, fp32, 64 px
     .venv/bin/python benchmarks/bench_train.py --quick    # fewer repetitions, no per-mode RSS children
-    flock /tmp/fullsize.lock .venv/bin/python benchmarks/bench_train.py --full-size   # one bf16 step, 512 px
+    flock /tmp/fullsize.lock .venv/bin/python benchmarks/bench_train.py --full-size   # memory plan, 512 px CPU
+    .venv/bin/python benchmarks/bench_train.py --full-size --device cuda              # all 8 variants, 1024 px
 
 Toy modes, all timing the trainer's real optimizer step (:func:`sdxl_probe.train.lora.loop.optimizer_step`
 on a :func:`~sdxl_probe.train.lora.loop.setup` run, images read from disk as the command reads them):
@@ -24,10 +25,19 @@ steps, over the resident memory right after the load (what the mode holds: cache
 noise and timesteps (and the VAE posterior mean, which the trainer uses), the diffusers-style loss must
 equal ours within ``LOSS_RTOL``, and both must target the same UNet modules; else the exit status is 1.
 
-``--full-size``: one bf16 LoRA step at 512 px with gradient checkpointing through the trainer's own
-setup (base weights fp32, ``[network]`` defaults: "transformer" targets, rank 4) on the random-weight
-full-size SDXL single file of ``benchmarks/bench_load.py`` (written once when missing, ~6.9 GB), in a
-child process; prints load time, step time and peak RSS. Run it under ``flock /tmp/fullsize.lock``.
+``--full-size``: the memory plan of issue #13 item 6. Training variants {gradient checkpointing on/off}
+x {mixed precision bf16 / no (fp32)} x {no caches / in-memory latent + text-encoder output caches}, each
+in its own child process through the trainer's own ``setup`` and ``optimizer_step`` (frozen weights in
+the mixed-precision dtype, VAE fp32, ``[network]`` defaults: "transformer" targets, rank 4, alpha 1),
+batch 1 at ``--full-size-side`` px (512 here, 1024 on CUDA) on ``--device``, on the random-weight
+full-size SDXL single file of ``benchmarks/bench_load.py`` (written once when missing, ~6.9 GB). Per
+variant: load (setup) seconds, the cold first step and the median of the rest, peak memory (CUDA:
+``max_memory_allocated``/``max_memory_reserved`` of the whole process, from before the load; CPU:
+``ru_maxrss``, and the steps' ``VmHWM`` over the resident memory after setup) and ratios over the
+``ckpt+bf16+caches`` baseline (kohya's 12 GB setting). On CUDA all 8 variants run; on the CPU 4 (the
+baseline and one factor flipped at a time; ``--variants all`` for the rest), and a variant whose
+frozen weights would not fit in the free RAM, or that drives it under 1.5 GB, is skipped with its
+reason. Run it under ``flock /tmp/fullsize.lock``.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -326,34 +337,144 @@ def report(samples: dict, cold: dict, rss: dict, parts: dict, args) -> None:
         + f", UNet forward/backward + AdamW + rest {rest:.3f} s ({rest / base['cpu']:.0%})")  # fmt: skip
 
 
-def full_size_child(path: Path, steps: int) -> None:
-    """The trainer's setup and ``steps`` bf16 optimizer steps at 512 px with checkpointing; prints JSON."""
+@dataclass(frozen=True)
+class Variant:
+    """One full-size training setting; its name lists what is on (ckpt, bf16 else fp32, caches)."""
+
+    checkpointing: bool
+    precision: str  # [training] mixed_precision: "bf16" or "no" (fp32)
+    caches: bool  # in-memory latent cache and text-encoder output cache
+
+    @property
+    def name(self) -> str:
+        return "+".join(["ckpt" if self.checkpointing else "no-ckpt", "bf16" if self.precision == "bf16" else "fp32",
+                         "caches" if self.caches else "no-caches"])  # fmt: skip
+
+
+ALL_VARIANTS = [Variant(c, p, k) for c in (True, False) for p in ("bf16", "no") for k in (True, False)]
+# kohya's advertised 12 GB SDXL LoRA setting: checkpointing, bf16, caches
+BASELINE = Variant(True, "bf16", True)
+# On a 24 GB, 2-core CPU box: the baseline and one factor flipped at a time (the product is 8 x ~3 min,
+# and fp32 without checkpointing holds ~14 GB of fp32 weights plus the un-checkpointed activations).
+CPU_VARIANTS = [BASELINE, Variant(True, "bf16", False), Variant(False, "bf16", True),
+                Variant(True, "no", True)]  # fmt: skip
+FULL_SIZE_RANK = 4  # [network] dim default; "transformer" targets, alpha 1 (sd-scripts' defaults)
+
+
+def full_size_config(model: Path, work: Path, *, side: int, device: str, variant: Variant, threads: int = 0):
+    """The trainer config of one full-size variant: batch 1, ``side`` px, one random image in ``work``/ds."""
     import numpy as np
-    import torch
     from PIL import Image
+
+    from sdxl_probe.config import from_dict
+    from sdxl_probe.train.lora.config import TrainConfig
+
+    folder = work / "ds" / "1_bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "0.png")
+    (folder / "0.txt").write_text("a red cube on a table\n", encoding="utf-8")
+    return from_dict(TrainConfig, {
+        "model": {"source": str(model)},
+        "dataset": {"path": str(work / "ds"), "caption_extension": ".txt", "resolution": side, "batch_size": 1,
+                    "cache_latents": "memory" if variant.caches else "none",
+                    "cache_text_encoder_outputs": variant.caches},
+        "network": {"dim": FULL_SIZE_RANK, "alpha": 1.0, "target": "transformer"},
+        "optimizer": {"unet_lr": 1e-4, "max_grad_norm": 1.0},
+        "training": {"max_train_steps": 10**6, "seed": 0, "mixed_precision": variant.precision,
+                     "gradient_checkpointing": variant.checkpointing, "device": device, "threads": threads},
+        "saving": {"output_dir": str(work / "run")}, "logging": {"progress_bar": False},
+    })  # fmt: skip
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (``VmHWM``) through ``/proc/self/clear_refs`` (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def status_kb(field: str) -> int:
+    """A ``/proc/self/status`` field in KB (``VmRSS``, ``VmHWM``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def full_size_child(path: Path, steps: int, side: int, device: str, variant: Variant) -> None:
+    """One variant alone in this process: the trainer's setup, then ``steps`` optimizer steps; prints JSON.
+
+    Memory: CUDA peaks are counted from before the model load (kohya's figure is the whole process);
+    on the CPU the peak RSS of the whole process (``ru_maxrss``, set by the load) and, after resetting
+    ``VmHWM`` once setup is done, the peak of the steps over the resident memory after setup.
+    """
+    import torch
 
     from sdxl_probe.train.lora import loop
 
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix="bench-train-full-") as tmp:
-        folder = Path(tmp) / "ds" / "1_bench"
-        folder.mkdir(parents=True)
-        pixels = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / "0.png")
-        (folder / "0.txt").write_text("a red cube on a table\n", encoding="utf-8")
-        cfg = train_config(Path(tmp) / "ds", Path(tmp) / "run", "ours", mixed_precision="bf16",
-                           gradient_checkpointing=True)  # fmt: skip
-        cfg.model.source, cfg.dataset.resolution, cfg.dataset.batch_size = str(path), 512, 1
-        cfg.network.target, cfg.network.alpha = "transformer", 1.0  # the trainer's defaults
+        cfg = full_size_config(path, Path(tmp), side=side, device=device, variant=variant)
         start = time.perf_counter()
         run = loop.setup(cfg, Path(tmp) / "run", resume=False, log=lambda s: None)
-        setup_s, loaded_kb, times = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, []
+        sync(cuda)
+        out = {"load_s": time.perf_counter() - start, "threads": torch.get_num_threads(),
+               "loaded_rss_kb": status_kb("VmRSS"), "hwm_reset": reset_peak_rss(), "step_s": []}  # fmt: skip
+        if cuda:
+            out["loaded_alloc"] = torch.cuda.memory_allocated()
         for step in range(steps):
             t = time.perf_counter()
-            loss, _, _ = loop.optimizer_step(run, step, 0)
-            times.append(time.perf_counter() - t)
-    print(json.dumps({"setup_s": setup_s, "step_s": times, "loss": loss, "loaded_kb": loaded_kb,
-                      "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                      "threads": torch.get_num_threads()}))  # fmt: skip
+            out["loss"], _, _ = loop.optimizer_step(run, step, 0)
+            sync(cuda)
+            out["step_s"].append(time.perf_counter() - t)
+    out |= {"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "steps_hwm_kb": status_kb("VmHWM")}
+    if cuda:
+        out["max_alloc"] = torch.cuda.max_memory_allocated()
+        out["max_reserved"] = torch.cuda.max_memory_reserved()
+    print(json.dumps(out))
+
+
+def sync(cuda: bool) -> None:
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def mem_available_kb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1])
+    return 0
+
+
+def weights_gb(path: Path, precision: str) -> float:
+    """The frozen weights a variant holds on the CPU: the fp16 file's UNet/TEs in the weight dtype, the VAE fp32."""
+    vae_gb = 0.335  # 83.7 M parameters in fp32
+    return (path.stat().st_size / 1e9 - vae_gb / 2) * (2 if precision == "no" else 1) + vae_gb
+
+
+def run_child(cmd: list[str], guard_kb: int | None) -> tuple[dict | None, str]:
+    """Run a variant's child; on the CPU kill it when the machine's free memory falls under ``guard_kb``."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    while proc.poll() is None:
+        time.sleep(0.5)
+        if guard_kb is not None and mem_available_kb() < guard_kb:
+            killed = f"killed: free RAM fell under {guard_kb / 1024**2:.1f} GB (did not fit)"
+            proc.kill()
+    stdout, stderr = proc.communicate()
+    if killed:
+        return None, killed
+    if proc.returncode != 0:
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+        return None, f"failed (exit {proc.returncode}): {last}"
+    return json.loads(stdout.strip().splitlines()[-1]), ""
 
 
 def full_size(args) -> int:
@@ -363,19 +484,95 @@ def full_size(args) -> int:
         start = time.perf_counter()
         write_full_size_file(path)
         print(f"wrote {path} in {time.perf_counter() - start:.0f} s")
-    size = path.stat().st_size
-    cmd = [sys.executable, __file__, "--full-size-child", str(path), "--full-size-steps", str(args.full_size_steps)]
-    run = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if run.returncode != 0:
-        raise SystemExit(f"full-size child failed (exit {run.returncode}):\n{run.stderr[-3000:]}")
-    r = json.loads(run.stdout.strip().splitlines()[-1])
-    steps = ", ".join(f"{s:.1f}" for s in r["step_s"])
-    print(f"full-size random-weight SDXL ({size / 1e9:.2f} GB fp16 file, loaded fp32), 512 px, batch 1, bf16 "
-          f"autocast, gradient checkpointing, LoRA rank {RANK} on 'transformer', {r['threads']} threads:")  # fmt: skip
-    print(f"  setup (load + LoRA) {r['setup_s']:.1f} s, peak RSS after setup {r['loaded_kb'] / 1024**2:.2f} GB; "
-          f"step times {steps} s; loss {r['loss']:.4f}; peak RSS {r['peak_kb'] / 1024**2:.2f} GB "
-          f"= {r['peak_kb'] * 1024 / size:.2f} x file")  # fmt: skip
+    cuda = args.device.startswith("cuda")
+    side = args.full_size_side or (1024 if cuda else 512)
+    variants = variants_of(args.variants, cuda)
+    print(f"full-size random-weight SDXL ({path.stat().st_size / 1e9:.2f} GB fp16 file) on {args.device}, {side} px, "
+          f"batch 1, LoRA rank {FULL_SIZE_RANK} on 'transformer', {args.full_size_steps} steps per variant "
+          f"(the first is cold), each variant in its own process; load average {load_average()}")  # fmt: skip
+    results = {}
+    for v in variants:
+        reason = None if cuda else ram_refusal(path, v)
+        if reason:
+            print(f"  {v.name}: skipped: {reason}")
+            continue
+        cmd = [sys.executable, __file__, "--full-size-child", str(path), "--full-size-steps", str(args.full_size_steps),
+               "--full-size-side", str(side), "--device", args.device, "--variant", v.name]  # fmt: skip
+        r, why = run_child(cmd, None if cuda else GUARD_KB)
+        if r is None:
+            print(f"  {v.name}: skipped: {why}")
+            continue
+        results[v.name] = r
+        steps = ", ".join(f"{s:.1f}" for s in r["step_s"])
+        print(f"  {v.name}: done, load {r['load_s']:.0f} s, steps {steps} s")
+    full_size_table(results, cuda)
+    print(f"load average after: {load_average()}")
     return 0
+
+
+GUARD_KB = 1536 * 1024  # stop a CPU child before the machine runs out of memory
+
+
+def ram_refusal(path: Path, v: Variant) -> str | None:
+    """Why a CPU variant is not started: its frozen weights alone would not fit in the free RAM."""
+    need, free = weights_gb(path, v.precision), mem_available_kb() * 1024 / 1e9
+    if need + GUARD_KB * 1024 / 1e9 > free:
+        return f"its frozen weights need ~{need:.1f} GB and {free:.1f} GB of RAM is free"
+    return None
+
+
+def variants_of(spec: str, cuda: bool) -> list[Variant]:
+    """``all``, ``default`` (all on CUDA, :data:`CPU_VARIANTS` on the CPU) or names joined by commas."""
+    if spec == "default":
+        return ALL_VARIANTS if cuda else CPU_VARIANTS
+    if spec == "all":
+        return ALL_VARIANTS
+    by_name = {v.name: v for v in ALL_VARIANTS}
+    unknown = [n for n in spec.split(",") if n not in by_name]
+    if unknown:
+        names = ", ".join(by_name)
+        raise SystemExit(f"--variants: unknown {unknown[0]!r}; use all, default or some of {names}")
+    return [by_name[n] for n in spec.split(",")]
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b > 0 else "-"
+
+
+def load_average() -> str:
+    import os
+
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def full_size_table(results: dict, cuda: bool) -> None:
+    """Per variant: load s, median step s (after the cold one), peak memory, and the ratios vs the baseline."""
+    if not results:
+        return
+    base = results.get(BASELINE.name)
+
+    def step_s(r: dict) -> float:
+        return statistics.median(r["step_s"][1:] or r["step_s"])
+
+    def peak(r: dict) -> float:  # GB: CUDA allocated peak of the process, else its peak RSS
+        return r["max_alloc"] / 2**30 if cuda else r["peak_kb"] / 1024**2
+
+    def growth(r: dict) -> float:  # GB the steps add over the memory after setup
+        if cuda:
+            return (r["max_alloc"] - r["loaded_alloc"]) / 2**30
+        return (r["steps_hwm_kb"] - r["loaded_rss_kb"]) / 1024**2 if r["hwm_reset"] else float("nan")
+
+    mem = "CUDA max allocated / reserved GiB" if cuda else "peak RSS GB (ru_maxrss)"
+    print(f"{'variant':24s} {'load s':>7s} {'cold s':>7s} {'step s':>7s} {mem:>34s} {'steps +GB':>10s} "
+          f"{'x step':>7s} {'x peak':>7s} {'x +GB':>6s}")  # fmt: skip
+    for name, r in results.items():
+        memory = f"{peak(r):.2f} / {r['max_reserved'] / 2**30:.2f}" if cuda else f"{peak(r):.2f}"
+        ratios = (f"{step_s(r) / step_s(base):7.2f} {peak(r) / peak(base):7.2f} {ratio(growth(r), growth(base)):>6s}"
+                  if base else "      -       -      -")  # fmt: skip
+        print(f"{name:24s} {r['load_s']:7.1f} {r['step_s'][0]:7.1f} {step_s(r):7.1f} {memory:>34s} "
+              f"{growth(r):10.2f} {ratios}")  # fmt: skip
+    print(f"ratios are over {BASELINE.name} (kohya's advertised 12 GB setting); 'steps +GB': the steps' peak over "
+          f"the memory after setup (model, LoRA, caches){'' if cuda else ', VmHWM reset after setup'}")  # fmt: skip
 
 
 def main() -> None:
@@ -383,16 +580,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 rounds, no per-mode peak-RSS children")
     parser.add_argument("--rounds", type=int, default=7, help="rounds of turns (each mode per round)")
     parser.add_argument("--per-turn", type=int, default=2, help="steps of a mode per turn")
-    parser.add_argument("--full-size", action="store_true", help="one bf16 step at 512 px on full-size SDXL")
-    parser.add_argument("--full-size-steps", type=int, default=1)
+    parser.add_argument("--full-size", action="store_true", help="training variants on full-size SDXL")
+    parser.add_argument("--full-size-steps", type=int, default=3, help="steps per variant, the first cold")
+    parser.add_argument("--full-size-side", type=int, help="image side px (default 512; 1024 on CUDA)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N ([training] device)")
+    parser.add_argument("--variants", default="default",
+                        help="all, default (all on CUDA, 4 on the CPU) or names, e.g. ckpt+bf16+caches")  # fmt: skip
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the full-size file lives")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "DATASET"), help=argparse.SUPPRESS)
     parser.add_argument("--full-size-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.child[0], Path(args.child[1]), steps=3)
     if args.full_size_child:
-        return full_size_child(args.full_size_child, args.full_size_steps)
+        variant = variants_of(args.variant, cuda=False)[0]
+        side, steps = args.full_size_side, args.full_size_steps
+        return full_size_child(args.full_size_child, steps, side, args.device, variant)
     if args.quick:
         args.rounds = 3
     sys.exit(full_size(args) if args.full_size else toy(args))

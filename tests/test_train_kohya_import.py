@@ -98,8 +98,11 @@ def test_every_reference_key_is_mapped_matched_or_named(tmp_path):
     assert cfg.optimizer.type == "Prodigy" and cfg.optimizer.optimizer_args == {"decouple": True, "betas": [0.9, 0.99]}
     assert cfg.dataset.resolution == 768 and cfg.dataset.cache_latents == "disk" and cfg.dataset.max_token_length == 225
     assert cfg.network.target == "full" and cfg.network.conv_dim == 8  # conv_dim in network_args adds the 3x3 convs
+    assert (cfg.network.rank_dropout, cfg.network.module_dropout) == (0.1, 0.1)  # network_args, sd-scripts names
+    assert "network_args.rank_dropout" not in dict(imported.unsupported)
     assert not cfg.network.train_text_encoder_1 and not cfg.network.train_text_encoder_2
     assert cfg.logging.backends == ("tensorboard",)
+    assert cfg.dataset.masked_loss and cfg.dataset.alpha_mask  # sd-scripts' --masked_loss / --alpha_mask
     reasons = dict(imported.unsupported)
     assert "learning_rate" in reasons  # unet_lr and text_encoder_lr both set: sd-scripts ignores it too
     assert "euler_a" in reasons["sample_sampler"] and "bf16" in reasons["save_precision"]
@@ -117,7 +120,8 @@ def test_the_dataset_toml_is_read_and_wins_over_the_args(tmp_path):
     """Oracle: sd-scripts' lookup order subset -> dataset -> general -> command line; unused subset keys named."""
     (tmp_path / "ds" / "5_zkw").mkdir(parents=True)
     (tmp_path / "ds.toml").write_text('[general]\nbatch_size = 3\n[[datasets]]\nresolution = 512\n'
-                                      '[[datasets.subsets]]\nimage_dir = "ds/5_zkw"\ncolor_aug = true\n')  # fmt: skip
+                                      '[[datasets.subsets]]\nimage_dir = "ds/5_zkw"\ncolor_aug = true\n'
+                                      'alpha_mask = true\nconditioning_data_dir = "masks"\n')  # fmt: skip
     path = write_args(tmp_path, {"dataset_config": "ds.toml", "train_batch_size": 2, "resolution": 1024,
                                  "network_train_unet_only": False})  # fmt: skip
     imported = import_kohya(path)
@@ -127,6 +131,7 @@ def test_the_dataset_toml_is_read_and_wins_over_the_args(tmp_path):
     reasons = dict(imported.unsupported)
     assert "dataset TOML wins" in reasons["train_batch_size"] and "dataset TOML wins" in reasons["resolution"]
     assert "dataset_config datasets[0].subsets[0].color_aug" in reasons
+    assert not any(k.endswith(("alpha_mask", "conditioning_data_dir")) for k in reasons)  # read per subset: masks
     assert cfg.network.train_text_encoder_1 and cfg.network.train_text_encoder_2  # sd-scripts trains both TEs
 
 

@@ -188,11 +188,24 @@ LOSS_OPTIONS = [
      lambda d, x0, eps, t, s: (2 * 0.3 * (torch.sqrt(d**2 + 0.09) - 0.3)).mean()),
     ({"debiased_estimation_loss": True},
      lambda d, x0, eps, t, s: (d.pow(2).mean(dim=(1, 2, 3)) / torch.sqrt(torch.clamp(s, max=1000))).mean()),
+    ({"loss_type": "smooth_l1", "huber_c": 0.2},  # the default "snr" schedule: c_t = (1 - c) / (1 + sigma_t)^2 + c
+     lambda d, x0, eps, t, s: (2 * (torch.sqrt(d**2 + snr_c(s, 0.2).view(-1, 1, 1, 1) ** 2)
+                                    - snr_c(s, 0.2).view(-1, 1, 1, 1))).mean()),  # fmt: skip
+    ({"min_snr_gamma": 5.0},
+     lambda d, x0, eps, t, s: (d.pow(2).mean(dim=(1, 2, 3)) * torch.clamp(s, max=5.0) / s).mean()),
+    ({"scale_v_pred_loss_like_noise_pred": True},
+     lambda d, x0, eps, t, s: (d.pow(2).mean(dim=(1, 2, 3)) * s / (s + 1)).mean()),
     ({"lora_weight_l2": 0.5}, None),
 ]
 
 
-@pytest.mark.parametrize("training, formula", LOSS_OPTIONS, ids=["l1", "huber", "debiased", "l2_penalty"])
+def snr_c(snr: torch.Tensor, c: float) -> torch.Tensor:
+    """sd-scripts' "snr" Huber schedule from SNR: sigma_t = sqrt((1 - abar) / abar) = 1 / sqrt(SNR)."""
+    return (1 - c) / (1 + 1 / snr.sqrt()) ** 2 + c
+
+
+@pytest.mark.parametrize("training, formula", LOSS_OPTIONS,
+                         ids=["l1", "huber", "debiased", "smooth_l1", "min_snr", "v_like_noise", "l2_penalty"])
 def test_loss_options_change_the_steps_loss_as_their_formula(tiny_components, toy_ds, tmp_path, monkeypatch,
                                                              training, formula):  # fmt: skip
     """Oracle: the option's formula applied by hand to the step's own UNet output and draws."""
@@ -240,3 +253,16 @@ def test_noise_options_change_the_unet_input(tiny_components, toy_ds, tmp_path, 
     if "ip_noise_gamma" in training:
         torch.testing.assert_close(b.noise, b0.noise)  # the target stays the plain noise
         assert loss == pytest.approx(float((out - b0.noise).pow(2).mean()), rel=1e-4)
+
+
+def test_timestep_range_bounds_the_drawn_timesteps(tiny_components, toy_ds, tmp_path):
+    """Oracle: sd-scripts draws ``randint(min_timestep, max_timestep)``, so every micro-step's timesteps lie in
+    [min, max); the default run draws from [0, 1000) and, over 8 micro-steps, leaves that window."""
+    from sdxl_probe.train.lora import loop
+
+    plain = _run(tiny_components, toy_ds, tmp_path / "plain", {})
+    ranged = _run(tiny_components, toy_ds, tmp_path / "ranged", {"min_timestep": 900, "max_timestep": 950})
+    drawn = torch.cat([loop.draw_micro_batch(ranged, m).timesteps for m in range(8)])
+    default = torch.cat([loop.draw_micro_batch(plain, m).timesteps for m in range(8)])
+    assert int(drawn.min()) >= 900 and int(drawn.max()) < 950
+    assert ((default < 900) | (default >= 950)).any()

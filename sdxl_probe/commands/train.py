@@ -16,7 +16,11 @@ def train(
                                     "instead of CONFIG: prints where each key went, names every unsupported one."),
     write_config: Path = typer.Option(None, "--write-config", help="Write the resolved config as our TOML and exit."),
 ) -> None:
-    """Train a LoRA; writes kohya .safetensors, metrics.jsonl, the resolved config and the dataset manifest."""
+    """Train a LoRA; writes kohya .safetensors, metrics.jsonl, the resolved config and the dataset manifest.
+
+    Data-parallel: ``accelerate launch --multi_gpu --num_processes N -m sdxl_probe train CONFIG`` (GPUs;
+    gloo with ``[training] device = "cpu"``); the main process writes every output.
+    """
     from sdxl_probe.errors import ConfigError
     from sdxl_probe.train.lora.config import load_run_config, load_train_config, to_toml
 
@@ -43,7 +47,10 @@ def train(
 
     run_dir = Path(resume) if resume else Path(cfg.saving.output_dir)
     out = run_training(cfg, run_dir, resume=resume is not None, log=typer.echo)
-    typer.echo(f"wrote {out} (kohya LoRA); metrics in {run_dir / 'metrics.jsonl'}")
+    from accelerate.state import PartialState
+
+    if PartialState().is_main_process:  # accelerate launch: one line, not one per process
+        typer.echo(f"wrote {out} (kohya LoRA); metrics in {run_dir / 'metrics.jsonl'}")
 
 
 def _from_kohya(path: Path, overrides: list[str]):

@@ -125,12 +125,15 @@ def toml_subsets(path: Path, cli_defaults: dict[str, Any], issues: IssueLog) -> 
 def _toml_subset(path: Path, where: str, sub: TomlSubset, value: Any, issues: IssueLog) -> Subset:
     options = {k: v for k in CAPTION_OPTION_KEYS if (v := value(k)) is not None}
     repeats = value("num_repeats") or 1
+    cond = _resolve(path, sub.conditioning_data_dir) if sub.conditioning_data_dir else None
+    masks = {"alpha_mask": value("alpha_mask"), "conditioning_data_dir": cond}  # masked loss
     if sub.metadata_file:
         meta = _resolve(path, sub.metadata_file)
         image_dir = _resolve(path, sub.image_dir) if sub.image_dir else meta.parent
         kind = "jsonl" if meta.suffix == ".jsonl" else "csv" if meta.suffix == ".csv" else "metadata_json"
         return Subset(
-            meta.name, image_dir, kind, "", repeats, sub.class_tokens, bool(sub.is_reg), meta, options
+            meta.name, image_dir, kind, "", repeats, sub.class_tokens, bool(sub.is_reg), meta, options,
+            **masks,
         )
     if not sub.image_dir:
         raise DatasetError(
@@ -141,7 +144,8 @@ def _toml_subset(path: Path, where: str, sub: TomlSubset, value: Any, issues: Is
         guess_caption_extension(image_dir) if image_dir.is_dir() else ".caption"
     )
     return Subset(
-        image_dir.name, image_dir, "folder", ext, repeats, sub.class_tokens, bool(sub.is_reg), None, options
+        image_dir.name, image_dir, "folder", ext, repeats, sub.class_tokens, bool(sub.is_reg), None, options,
+        **masks,
     )
 
 

@@ -40,6 +40,8 @@ class Subset:
         class_tokens: caption used for an image without a caption file.
         metadata_file: the caption list file for non-folder kinds.
         caption_options: kohya caption settings set for this subset (kohya names).
+        alpha_mask: kohya ``alpha_mask`` as the dataset TOML resolves it (None: not set there).
+        conditioning_data_dir: kohya ``conditioning_data_dir``: the subset's folder of loss masks.
     """
 
     name: str
@@ -51,6 +53,8 @@ class Subset:
     is_reg: bool = False
     metadata_file: Path | None = None
     caption_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    alpha_mask: bool | None = None
+    conditioning_data_dir: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)

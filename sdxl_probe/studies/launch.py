@@ -5,7 +5,9 @@
   run's output in RUN_DIR/study.log. Set ``[train.training] threads`` so N x threads fits the cores.
 * ``accelerate``: each run as ``accelerate launch --num_processes 1 -m sdxl_probe.studies.worker ...`` with
   ``CUDA_VISIBLE_DEVICES`` set to its worker slot, so ``--workers`` = number of GPUs trains one run per
-  GPU. (One process per run: the trainer does not shard one run over GPUs. Not testable on a CPU machine.)
+  GPU. (One process per run; a single
+  training run can use several GPUs with ``accelerate launch --multi_gpu -m sdxl_probe train``, but a study
+  spreads its runs instead. Not testable on a CPU machine.)
 * ``ray``: one Ray task per run (``num_cpus = 1``, plus ``num_gpus = 1`` when the run's device is CUDA) on
   the cluster at ``--address`` (``auto``: the one ``ray start`` made; none: a local instance). The study's
   output folder must be on a file system every node sees (it holds the dataset and the run folders).

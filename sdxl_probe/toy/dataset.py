@@ -7,11 +7,14 @@ Layout of ``OUT`` (``R`` = repeats, ``NAME`` = the trigger, else the concept, el
     OUT/R_NAME/00000.tags.txt      the same scene as tags
     OUT/R_NAME/00000.sentence.txt  the same scene as a sentence
     OUT/masks/00000.png            object labels, uint8: 0 = background, i + 1 = object i
+    OUT/loss_masks/00000.png       the same as a loss mask: 255 on the objects, 0 on the background
+                                   (``[dataset] masked_loss = true``, ``conditioning_data_dir = "OUT/loss_masks"``)
     OUT/metadata.jsonl             one JSON line per image: file, mask, caption, captions,
                                    background, objects (shape, colour, size, position, bbox, ...)
     OUT/toy_dataset.json           the settings that made the folder (see ToyDataset)
 
-Masks live outside the image folder because kohya trains on every image file in ``R_NAME``.
+Masks live outside the image folder because kohya trains on every image file in ``R_NAME``; the
+loss masks are named like the images, as sd-scripts' ``conditioning_data_dir`` expects them.
 ``metadata.jsonl`` has ``file`` and ``caption`` keys, so it also reads as a caption list.
 Every file is written atomically, and the folder is a pure function of the settings.
 """
@@ -45,6 +48,7 @@ CONCEPTS: tuple[str, ...] = CONCEPT_SHAPES + tuple(CONCEPT_COLOURS)
 SETTINGS_FILE = "toy_dataset.json"
 METADATA_FILE = "metadata.jsonl"
 MASK_DIR = "masks"
+LOSS_MASK_DIR = "loss_masks"
 
 
 @dataclass
@@ -162,7 +166,9 @@ def write_dataset(
             write_text(tmp / f"{stem}.sentence.txt", caps["sentence"] + "\n")
             labels = (masks * np.arange(1, len(masks) + 1)[:, None, None]).sum(0).astype(np.uint8)
             write_bytes(tmp / MASK_DIR / f"{i:05d}.png", _png(labels))
-            record = {"file": f"{stem}.png", "mask": f"{MASK_DIR}/{i:05d}.png", **caps, **scene_record(scene, masks)}
+            write_bytes(tmp / LOSS_MASK_DIR / f"{i:05d}.png", _png(np.where(labels > 0, 255, 0).astype(np.uint8)))
+            record = {"file": f"{stem}.png", "mask": f"{MASK_DIR}/{i:05d}.png",
+                      "loss_mask": f"{LOSS_MASK_DIR}/{i:05d}.png", **caps, **scene_record(scene, masks)}  # fmt: skip
             lines.append(json.dumps(record, ensure_ascii=False))
         write_text(tmp / METADATA_FILE, "\n".join(lines) + "\n")
         ds.save(tmp / SETTINGS_FILE)

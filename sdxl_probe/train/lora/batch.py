@@ -18,7 +18,7 @@ from sdxl_probe.pipeline.conditioning import encode_with, predict_noise, time_id
 from sdxl_probe.pipeline.noising import add_noise, seeded_noise
 from sdxl_probe.pipeline.vae import encode_images
 from sdxl_probe.text.captions import CaptionOptions, process_caption
-from sdxl_probe.train.lora.data import load_pixels, micro_conditioning
+from sdxl_probe.train.lora.data import load_mask, load_pixels, micro_conditioning
 from sdxl_probe.train.lora.objectives import target_for
 
 if TYPE_CHECKING:
@@ -39,6 +39,17 @@ def batch_latents(run: Run, idx: list[int], flips: list[bool]) -> torch.Tensor:
 
     pixels = np.stack([load_pixels(run.images[i], f) for i, f in zip(idx, flips, strict=True)])  # (B, H, W, 3)
     return encode_images(run.components, pixels).float().cpu()
+
+
+def batch_masks(run: Run, idx: list[int], flips: list[bool]) -> torch.Tensor | None:
+    """(B, H, W) loss masks in [0, 1] at pixel size (ones for an image without one), or None when no image
+    of the batch has a mask: its loss is then the plain one, as sd-scripts' ``apply_masked_loss`` leaves it."""
+    if not any(run.images[i].masked for i in idx):
+        return None
+    import numpy as np
+
+    masks = np.stack([load_mask(run.images[i], f) for i, f in zip(idx, flips, strict=True)])  # (B, H, W)
+    return torch.from_numpy(masks)
 
 
 def batch_time_ids(run: Run, idx: list[int], flips: list[bool]) -> torch.Tensor:
@@ -66,7 +77,10 @@ def batch_conditioning(run: Run, idx: list[int], rng, epoch: int, step: int) -> 
 def validation_loss(run: Run) -> float | None:
     """Mean MSE on the held-out images at fixed (timestep, noise) pairs (sd-scripts: t = 200..800).
 
-    The target is the run's (noise, or v with ``v_parameterization``); the loss is plain MSE, unweighted.
+    The target is the run's (noise, or v with ``v_parameterization``); the loss is plain MSE, unweighted
+    and unmasked, so runs with and without masked loss (or other loss settings) give comparable numbers.
+    sd-scripts' validation goes through ``process_batch`` and so applies the training loss type, weights
+    and ``apply_masked_loss``; this number deliberately does not.
     """
     if not run.val_idx:
         return None

@@ -37,12 +37,16 @@ def check_network_lists(n: Any) -> None:
                           f"{f'did you mean {hint!r}? ' if hint else ''}one of {', '.join(NETWORK_TYPES)}")  # fmt: skip
     wrong = [k for k, on, owner in (("use_rslora", n.use_rslora, "lora"), ("use_dora", n.use_dora, "lora"),
                                     ("factor", n.factor != -1, "lokr"), ("decompose_both", n.decompose_both, "lokr"),
-                                    ("dropout", n.dropout > 0, "lora")) if on and n.type != owner]  # fmt: skip
+                                    ("dropout", n.dropout > 0, "lora"), ("rank_dropout", n.rank_dropout > 0, "lora"))
+             if on and n.type != owner]  # fmt: skip
     if wrong:
         raise ConfigError(f"[network] {wrong[0]} does not apply to type = {n.type!r}; remove it or change the type")
     if n.use_dora and n.dropout > 0:  # peft's DoraLinearLayer.get_lora_weight runs lora_A on an identity:
         raise ConfigError("[network] dropout with use_dora: peft's DoRA computes its weight norm through the "
                           "dropped hidden; set dropout = 0 or use_dora = false")  # fmt: skip
+    if n.use_dora and n.rank_dropout > 0:  # the same identity pass would take a per-sample mask
+        raise ConfigError("[network] rank_dropout with use_dora: peft's DoRA computes its weight norm through the "
+                          "masked hidden; set rank_dropout = 0 or use_dora = false")  # fmt: skip
     if n.factor == 0:
         raise ConfigError("[network] factor = 0: use -1 (balanced factors) or a positive divisor")
     for key in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas"):

@@ -13,7 +13,8 @@ Layout of RUN_DIR::
     samples/step-XXXXXXXX/*.png    sample images
 
 Every file is written atomically, and the LoRA before the state, so a ``kill -9`` loses at most
-the steps since the last save.
+the steps since the last save. Under ``accelerate launch`` only the main process writes here; every
+process reads the same state to resume.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def _models(run: Run) -> dict[str, torch.nn.Module]:
 
 
 def write_run_files(run: Run, *, fresh: bool) -> None:
-    """Config and manifest; a fresh run refuses a folder that already holds states."""
+    """Config and manifest; a fresh run refuses a folder that already holds states, a resumed one drops
+    the metric lines written after its state (main process only: every process restores the state)."""
     from sdxl_probe.outputs import clean_stale
     from sdxl_probe.train.lora.data import manifest
     from sdxl_probe.train.lora.loop import resolved_config
@@ -64,6 +66,8 @@ def write_run_files(run: Run, *, fresh: bool) -> None:
     write_json(run.run_dir / "manifest.json", {"images": manifest(run.images, run.val_idx)})
     if fresh:
         (run.run_dir / METRICS).unlink(missing_ok=True)
+    else:
+        _truncate_metrics(run.run_dir, run.start_step)
 
 
 def tensorboard_writer(enabled: bool, run_dir: Path):
@@ -116,7 +120,8 @@ def save(run: Run, step: int, epoch: int) -> None:
     holder = run.network.state_module(_models(run))
     from sdxl_probe.train.lora.loop import resolved_config
 
-    info = {"step": step, "epoch": epoch, "config": resolved_config(cfg)}
+    info = {"step": step, "epoch": epoch, "config": resolved_config(cfg),
+            "num_processes": run.accelerator.num_processes}  # fmt: skip
     if run.accelerator.scaler is not None:  # fp16: the loss scale and its growth tracker
         info["grad_scaler"] = run.accelerator.scaler.state_dict()
     save_state(run.run_dir / STATE_DIR / f"step-{step:08d}.safetensors", modules={"lora": holder},
@@ -157,8 +162,13 @@ def write_ema(run: Run, path: Path, step: int, epoch: int) -> Path:
         run.ema.restore(params)
 
 
-def restore(run_dir: Path, network, components, optimizer, lr_scheduler, cfg, log, scaler=None, ema=None) -> int:
-    """Load the latest state into the freshly built parts (and fp16's GradScaler, the EMA); returns its step."""
+def restore(run_dir: Path, network, components, optimizer, lr_scheduler, cfg, log, scaler=None, ema=None,
+            processes: int = 1) -> int:  # fmt: skip
+    """Load the latest state into the freshly built parts (and fp16's GradScaler, the EMA); returns its step.
+
+    ``processes``: how many processes resume it; another count than the saved run's is allowed, with a
+    warning (the batch order and the effective batch change from there on).
+    """
     from sdxl_probe.train.lora.loop import resolved_config
 
     files = state_files(run_dir)
@@ -175,22 +185,32 @@ def restore(run_dir: Path, network, components, optimizer, lr_scheduler, cfg, lo
             raise ProbeError(f"--resume {run_dir}: [{key}] differs from the saved run; resume with its config.json")
     if scaler is not None and "grad_scaler" in info:
         scaler.load_state_dict(info["grad_scaler"])
-    _truncate_metrics(run_dir, info["step"])
+    saved = int(info.get("num_processes", 1))
+    if saved != processes:
+        log(f"warning: {files[-1].name} was trained on {saved} process(es), resumed on {processes}: the batches and "
+            f"the effective batch differ from an uninterrupted run (the saved learning rates are kept)")  # fmt: skip
     log(f"resumed {run_dir} at step {info['step']} from {files[-1].name}")
     return int(info["step"])
 
 
 def finish(run: Run, step: int) -> Path:
     """Write the final kohya file ``NAME.safetensors``; returns its path."""
-    out = run.run_dir / f"{run.cfg.saving.output_name}.safetensors"
+    out = final_path(run.run_dir, run.cfg.saving.output_name)
+    from sdxl_probe.train.lora.parallel import step_epoch
     from sdxl_probe.train.lora.report import render_report
 
-    epoch = (step * run.cfg.training.gradient_accumulation_steps - 1) // run.order.per_epoch + 1
+    accum, world = run.cfg.training.gradient_accumulation_steps, run.accelerator.num_processes
+    epoch = step_epoch(step - 1, accum, world, run.order.per_epoch) + 1
     path = _write_lora(run, out, step, epoch)
     if run.ema is not None:
         write_ema(run, ema_path(run.run_dir, run.cfg.saving.output_name), step, epoch)
     render_report(run.run_dir)
     return path
+
+
+def final_path(run_dir: Path, output_name: str) -> Path:
+    """``NAME.safetensors``: the final kohya LoRA."""
+    return run_dir / f"{output_name}.safetensors"
 
 
 def ema_path(run_dir: Path, output_name: str) -> Path:
@@ -202,7 +222,10 @@ def divergence_message(run: Run, step: int, micro_step: int, loss, timesteps, la
     """One line: where the loss went bad and what was kept."""
     kept = (f"the last good checkpoint (step {last_saved}) in {run.run_dir} is intact" if last_saved
             else "no checkpoint had been written yet")  # fmt: skip
-    return (f"loss is {float(loss)} at step {step + 1} (micro-step {micro_step}, timesteps "
+    loss = loss.detach()
+    what = (f"loss is {float(loss)}" if not bool(torch.isfinite(loss))
+            else f"loss is not finite on another process (here {float(loss):.4g})")  # data parallel
+    return (f"{what} at step {step + 1} (micro-step {micro_step}, timesteps "
             f"{timesteps.tolist()}, lr {run.lr_scheduler.get_last_lr()[0]:.3g}); training stopped and {kept}; "
             "lower the learning rate or enable clipping ([optimizer] max_grad_norm), then resume")  # fmt: skip
 

@@ -59,6 +59,9 @@ class DatasetSection:
     validation_seed: int = 0
     reg_path: str | None = None  # kohya folder of regularization images (sd-scripts --reg_data_dir); or is_reg subsets
     prior_loss_weight: Annotated[float, Range(0.0, 1000.0)] = 1.0  # loss weight of reg images (sd-scripts' default 1)
+    masked_loss: bool = False  # sd-scripts --masked_loss: weight the loss by each image's mask (masks.py)
+    alpha_mask: bool = False  # sd-scripts --alpha_mask: the image's alpha / 255 is its mask (also without masked_loss)
+    conditioning_data_dir: str | None = None  # masks named like the images (R / 255); needs masked_loss
     cache_latents: Annotated[str, Choice("none", "memory", "disk")] = "none"
     cache_dir: str | None = None  # disk latent cache; default RUN_DIR/latent_cache
     cache_text_encoder_outputs: bool = False  # needs the text encoders frozen
@@ -89,6 +92,8 @@ class NetworkSection:
     dim: Annotated[int, Range(1, 1024)] = 4
     alpha: Annotated[float, Range(0.0, 1024.0, lo_open=True)] = 1.0  # scale = alpha / dim
     dropout: Rate = 0.0  # sd-scripts network_dropout: on the rank-r hidden down(x), in training only
+    rank_dropout: Rate = 0.0  # sd-scripts network_args: per-sample mask on the rank-r hidden, x 1/(1-p); LoRA only
+    module_dropout: Rate = 0.0  # sd-scripts network_args: a layer's adapter branch skipped with probability p
     target: Annotated[str, Choice("attn", "transformer", "full")] = "transformer"  # sd-scripts' default targets
     conv_dim: Annotated[int, Range(1, 1024)] = 4  # 3x3 convs, target = "full" only
     conv_alpha: Annotated[float, Range(0.0, 1024.0, lo_open=True)] = 1.0
@@ -132,6 +137,7 @@ class OptimizerSection:
     ] = "constant"  # sd-scripts' default
     lr_warmup_steps: Annotated[int, Range(0, 10**8)] = 0
     max_grad_norm: Annotated[float, Range(0.0, 1e6)] = 1.0  # 0 disables clipping
+    scale_lr: bool = False  # diffusers' --scale_lr: every lr x batch_size x accumulation x processes
 
     def __post_init__(self) -> None:
         from sdxl_probe.train.lora.optimizers import canonical_name
@@ -261,6 +267,9 @@ def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfi
     ds_path = Path(cfg.dataset.path)
     if not ds_path.is_absolute() and not ds_path.exists() and (Path(path).parent / ds_path).exists():
         cfg.dataset.path = str(Path(path).parent / ds_path)
+    masks = Path(cfg.dataset.conditioning_data_dir or "")
+    if masks.parts and not masks.is_absolute() and not masks.exists() and (Path(path).parent / masks).is_dir():
+        cfg.dataset.conditioning_data_dir = str(Path(path).parent / masks)
     if cfg.dataset.path.endswith(".toml"):
         cfg.dataset = merge_kohya_dataset(cfg.dataset, Path(cfg.dataset.path), set_here=data.get("dataset", {}))
     return cfg

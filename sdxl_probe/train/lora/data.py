@@ -12,6 +12,11 @@ Regularization images (kohya ``is_reg`` subsets, or the ``reg_path`` folder: sd-
 ``DreamBoothDataset.__init__`` does (:func:`balanced_repeats`), are never held out for validation,
 and carry the per-sample loss weight ``prior_loss_weight`` (sd-scripts' ``loss_weights``).
 
+Masked loss (:mod:`~sdxl_probe.train.lora.masks`): an image may carry a loss mask, from a mask file
+(``conditioning_data_dir``, R channel / 255) or its own alpha channel (``alpha_mask``); :func:`load_mask`
+takes it through exactly the resize, crop and flip of :func:`load_pixels`. The mask is never part of
+the latent cache: it is read again at each draw.
+
 The batch order is a pure function of (seed, epoch): a resumed run draws the same batches.
 """
 
@@ -33,6 +38,14 @@ from sdxl_probe.data.dataset import open_dataset
 from sdxl_probe.data.kohya_toml import CAPTION_OPTION_KEYS
 from sdxl_probe.errors import ConfigError, DatasetError
 from sdxl_probe.text.captions import CaptionOptions
+from sdxl_probe.train.lora.masks import (
+    MaskSettings,
+    check_mask_folders,
+    check_mask_size,
+    check_some_mask,
+    find_mask,
+    mask_dirs,
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,8 @@ class TrainImage:
         original: (h, w) of the image on disk.
         bucket: (h, w) it is trained at.
         is_reg: a regularization image (sd-scripts ``is_reg``): balanced and loss-weighted.
+        mask_file: its loss mask (R channel / 255), from ``conditioning_data_dir``; None: no mask file.
+        alpha_mask: its loss mask is its own alpha channel / 255 (all ones without alpha).
     """
 
     path: Path
@@ -60,6 +75,13 @@ class TrainImage:
     original: tuple[int, int]
     bucket: tuple[int, int]
     is_reg: bool = False
+    mask_file: Path | None = None
+    alpha_mask: bool = False
+
+    @property
+    def masked(self) -> bool:
+        """Whether the image has a loss mask (else its loss is unweighted)."""
+        return self.mask_file is not None or self.alpha_mask
 
 
 @dataclass(frozen=True)
@@ -154,23 +176,48 @@ def load_pixels(image: TrainImage, flipped: bool) -> np.ndarray:
 
     with Image.open(image.path) as im:
         rgb = im.convert("RGB")
+    return _fit(rgb, image, flipped)
+
+
+def load_mask(image: TrainImage, flipped: bool) -> np.ndarray:
+    """(bh, bw) float32 in [0, 1]: the image's loss mask through the same resize, crop and flip as its pixels.
+
+    The mask file's R channel / 255 (sd-scripts reads it as an RGB conditioning image and keeps R), or
+    the image's alpha / 255 (sd-scripts ``load_image`` converts to RGBA: no alpha reads as 255); all
+    ones for an image without a mask source.
+    """
+    from PIL import Image
+
+    if not image.masked:
+        return np.ones(image.bucket, dtype=np.float32)
+    with Image.open(image.mask_file or image.path) as im:
+        band = im.convert("RGB").getchannel("R") if image.mask_file else im.convert("RGBA").getchannel("A")
+    return _fit(band, image, flipped).astype(np.float32) / 255.0
+
+
+def _fit(im, image: TrainImage, flipped: bool) -> np.ndarray:
+    """A PIL image of the original size resized (LANCZOS) to cover the bucket, centre-cropped, maybe mirrored."""
+    from PIL import Image
+
     (rh, rw), (top, left) = crop_geometry(image.original, image.bucket)
     if (rh, rw) != image.original:
-        rgb = rgb.resize((rw, rh), Image.Resampling.LANCZOS)
-    arr = np.asarray(rgb)[top : top + image.bucket[0], left : left + image.bucket[1]]
+        im = im.resize((rw, rh), Image.Resampling.LANCZOS)
+    arr = np.asarray(im)[top : top + image.bucket[0], left : left + image.bucket[1]]  # (bh, bw[, C])
     return np.ascontiguousarray(arr[:, ::-1] if flipped else arr)
 
 
 def read_images(
     path: str, *, caption_extension: str | None, caption_settings: dict, buckets: Buckets,
-    on_bad_image: str, log: Callable[[str], None], reg_path: str | None = None,
+    on_bad_image: str, log: Callable[[str], None], reg_path: str | None = None, masks: MaskSettings = MaskSettings(),
 ) -> list[TrainImage]:  # fmt: skip
     """Open the dataset (and the ``reg_path`` folder) with the data room's one reader, decode every size.
 
     Raises:
         DatasetError: missing dataset or image folder, a caption file that is not UTF-8, an
             undecodable image (unless ``on_bad_image = "skip"``: then it is named and skipped), a
-            subset left without a usable image, or no training image at all (see :func:`_check_subsets`).
+            subset left without a usable image, or no training image at all (see :func:`_check_subsets`);
+            a missing, undecodable or wrongly sized loss mask (:mod:`~sdxl_probe.train.lora.masks`).
+        ConfigError: ``conditioning_data_dir`` without ``masked_loss``, or ``masked_loss`` and no mask.
     """
     cli = {k: v for k, v in caption_settings.items() if k in CAPTION_OPTION_KEYS}
     datasets = [open_dataset(path, caption_extension=caption_extension, cli_defaults=cli)]
@@ -180,12 +227,14 @@ def read_images(
         datasets.append(reg)
     table = make_buckets(buckets) if buckets.enable else []
     images: list[TrainImage] = []
-    for ds in datasets:
+    for n, ds in enumerate(datasets):
+        check_mask_folders(masks, ds.subsets)
+        dirs = {id(sub): mask_dirs(sub, masks, is_reg_path=n > 0) for sub in ds.subsets}
         tally: dict[int, Counter] = {}
         for rec in ds.records():
             image = _train_image(rec, caption_settings, buckets, table, on_bad_image, log, tally)
             if image is not None:
-                images.append(image)
+                images.append(_with_mask(image, rec.subset, dirs[id(rec.subset)], masks.alpha_mask))
         _check_subsets(ds, tally, buckets)
     if images and all(im.is_reg for im in images):
         raise DatasetError(f"{path}: only regularization images (is_reg subsets or reg_path); add a subset of "
@@ -193,7 +242,28 @@ def read_images(
     if not images:
         raise DatasetError(f"{path}: no trainable images found ({dict(datasets[0].issues.counts) or 'empty'}); "
                            "give a kohya folder with N_name subfolders of images and captions")  # fmt: skip
+    _log_masks(images, masks, log)
     return images
+
+
+def _with_mask(image: TrainImage, subset, dirs: list[Path], alpha_default: bool) -> TrainImage:
+    """The image with its loss-mask source: a checked mask file from ``dirs``, else alpha when the subset
+    (or ``[dataset]``) sets ``alpha_mask``; the folder wins as in sd-scripts' ``apply_masked_loss``."""
+    if dirs:
+        mask = find_mask(image.path, dirs)
+        check_mask_size(mask, image.path, image.original)
+        return dataclasses.replace(image, mask_file=mask)
+    alpha = subset.alpha_mask if subset.alpha_mask is not None else alpha_default
+    return dataclasses.replace(image, alpha_mask=True) if alpha else image
+
+
+def _log_masks(images: list[TrainImage], masks: MaskSettings, log) -> None:
+    """Refuse ``masked_loss`` without a single mask; say how many images train with which mask."""
+    n_file, n_alpha = sum(im.mask_file is not None for im in images), sum(im.alpha_mask for im in images)
+    check_some_mask(masks, n_file + n_alpha)
+    if n_file or n_alpha:
+        log(f"masked loss: {n_file} images with a mask file, {n_alpha} with their alpha channel, "
+            f"{len(images) - n_file - n_alpha} without a mask (unweighted)")  # fmt: skip
 
 
 def _train_image(rec, caption_settings: dict, buckets: Buckets, table, on_bad_image: str, log,
@@ -350,4 +420,5 @@ def manifest(images: list[TrainImage], validation: list[int]) -> list[dict]:
     return [{"file": str(im.path), "sha256": im.sha256, "caption": im.caption, "subset": im.subset,
              "is_reg": im.is_reg, "repeats": im.repeats, "trained_repeats": trained.get(i, 0),
              "original": list(im.original), "bucket": list(im.bucket),
+             "mask": str(im.mask_file) if im.mask_file else "alpha" if im.alpha_mask else None,
              "split": "validation" if i in held else "train"} for i, im in enumerate(images)]  # fmt: skip

@@ -51,13 +51,14 @@ MATCHED = {
 }
 # network_args keys (sd-scripts --network_args "k=v"): name -> our network.key.
 NETWORK_ARGS = {"conv_dim": "conv_dim", "conv_alpha": "conv_alpha", "factor": "factor",
-                "decompose_both": "decompose_both", "dora_wd": "use_dora", "rs_lora": "use_rslora"}  # fmt: skip
+                "decompose_both": "decompose_both", "dora_wd": "use_dora", "rs_lora": "use_rslora",
+                "rank_dropout": "rank_dropout", "module_dropout": "module_dropout"}  # fmt: skip
 NETWORK_LISTS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas", "down_lr_weight",
                  "mid_lr_weight", "up_lr_weight")  # fmt: skip
-# Dataset-TOML keys the data room parses but the trainer does not use.
-UNUSED_DATASET_KEYS = ("color_aug", "face_crop_aug_range", "random_crop", "alpha_mask", "network_multiplier",
-                       "debug_dataset", "cache_info", "custom_attributes", "resize_interpolation",
-                       "conditioning_data_dir")  # fmt: skip
+# Dataset-TOML keys the data room parses but the trainer does not use (alpha_mask and conditioning_data_dir
+# are used: the trainer reads them per subset for masked loss, as masked_loss and alpha_mask map by name).
+UNUSED_DATASET_KEYS = ("color_aug", "face_crop_aug_range", "random_crop", "network_multiplier", "debug_dataset",
+                       "cache_info", "custom_attributes", "resize_interpolation")  # fmt: skip
 SD_SCRIPTS_MAX_TRAIN_STEPS = 1600  # its default, for a fractional lr_warmup_steps
 # Why a common unsupported key is unsupported (others: "not supported by sdxl-probe").
 REASONS = {

@@ -15,7 +15,9 @@ Determinism: every micro-step draws its images (:class:`~sdxl_probe.train.lora.d
 flips, caption randomness, noise, timesteps and LoRA dropout from generators derived from
 (seed, micro-step) alone (:func:`sdxl_probe.train.toy_recipe.data.step_rng`), so the resumable
 state is just weights, the optimizer's state, the EMA and the LR schedule (no pickle, no RNG snapshots), and a
-resumed run equals an uninterrupted one bit for bit on the CPU.
+resumed run equals an uninterrupted one bit for bit on the CPU. Under ``accelerate launch`` with N processes,
+process r draws with key ``m * N + r`` and the gradients are averaged over the processes
+(:mod:`~sdxl_probe.train.lora.parallel`); with one process the key is ``m``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from sdxl_probe.train.lora import checkpoints
 from sdxl_probe.train.lora.batch import (
     batch_conditioning,
     batch_latents,
+    batch_masks,
     batch_time_ids,
     token_length,
     validation_loss,
@@ -69,7 +72,22 @@ from sdxl_probe.train.lora.optimizers import (
     optimizer_kwargs,
     start_training,
 )
-from sdxl_probe.train.lora.precision import enable_checkpointing, make_accelerator, weight_dtype
+from sdxl_probe.train.lora.parallel import (
+    any_process,
+    average_gradients,
+    batch_line,
+    draw_key,
+    lr_factor,
+    main_first,
+    mean_over_processes,
+    step_epoch,
+)
+from sdxl_probe.train.lora.precision import (
+    enable_checkpointing,
+    make_accelerator,
+    process_device,
+    weight_dtype,
+)
 from sdxl_probe.train.state import TrainingStopped, graceful_stop
 from sdxl_probe.train.toy_recipe.data import step_rng
 
@@ -106,12 +124,13 @@ class Run:
 # ----------------------------------------------------------------------------- setup
 
 
-def setup(cfg: TrainConfig, run_dir: Path, *, resume: bool, log=print, components=None) -> Run:
+def setup(cfg: TrainConfig, run_dir: Path, *, resume: bool, log=print, components=None, accelerator=None) -> Run:
     """Build model, data, caches, network, optimizer and schedule; restore the latest state when resuming.
 
     Args:
         components: already-loaded components (tests); None loads ``[model] source``, the UNet and text
             encoders in the mixed-precision dtype (fp32 with "no"), the VAE in fp32.
+        accelerator: the run's :func:`make_accelerator` (:func:`train` builds it first); None builds it.
     """
     from diffusers.optimization import get_scheduler
 
@@ -120,7 +139,9 @@ def setup(cfg: TrainConfig, run_dir: Path, *, resume: bool, log=print, component
 
     t = cfg.training
     device = torch.device(resolve_device(t.device, option="[training] device"))  # LoRA weights stay fp32 (peft keeps adapters fp32)
-    accelerator = make_accelerator(device, t.mixed_precision)  # before any weight loads: fp16 on the CPU is refused
+    if accelerator is None:
+        accelerator = make_accelerator(device, t.mixed_precision)  # before any weight loads: fp16 on the CPU is refused
+    device = process_device(accelerator, device)  # several processes on CUDA: this process's GPU
     if t.threads:
         torch.set_num_threads(t.threads)
     buckets = Buckets(cfg.dataset.resolution, cfg.dataset.enable_bucket, cfg.dataset.min_bucket_reso,
@@ -139,24 +160,29 @@ def setup(cfg: TrainConfig, run_dir: Path, *, resume: bool, log=print, component
     components.to(device=device)
     train_idx, val_idx = split_images(images, cfg.dataset.validation_split, cfg.dataset.validation_seed)
     order = BatchOrder(images, train_idx, cfg.dataset.batch_size, t.seed, cfg.dataset.prior_loss_weight)
-    latents = _latent_cache(cfg, run_dir, components, images, log)
-    text = _text_cache(cfg, run_dir, components, images, log)
+    with main_first(accelerator, cfg.dataset.cache_latents == "disk"):  # one writer per cache file
+        latents = _latent_cache(cfg, run_dir, components, images, log)
+    with main_first(accelerator, cfg.dataset.cache_text_encoder_outputs_to_disk):
+        text = _text_cache(cfg, run_dir, components, images, log)
     n = cfg.network
     network = network_from_config(components, n, seed=t.seed, log=log)
     if not network.params:
         raise ProbeError("[network] trains nothing: set train_unet, train_text_encoder_1 or train_text_encoder_2")
     if t.gradient_checkpointing:
         enable_checkpointing(components, network)
-    o = cfg.optimizer
-    optimizer = build_optimizer(o.type, _param_groups(cfg, network), optimizer_kwargs(o.type, o.optimizer_args,
-                                weight_decay=o.weight_decay, betas=o.betas, eps=o.eps), device=str(device))  # fmt: skip
+    o, world = cfg.optimizer, accelerator.num_processes
+    factor = lr_factor(o.scale_lr, cfg.dataset.batch_size, t.gradient_accumulation_steps, world)
+    log(batch_line(world, cfg.dataset.batch_size, t.gradient_accumulation_steps, _base_lrs(cfg, network), factor))
+    optimizer = build_optimizer(o.type, _param_groups(cfg, network, scale=factor), optimizer_kwargs(o.type,
+                                o.optimizer_args, weight_decay=o.weight_decay, betas=o.betas, eps=o.eps),
+                                device=str(device))  # fmt: skip
     ema = build_ema(network.all_params(), t.ema_decay)
     lr_scheduler = get_scheduler(cfg.optimizer.lr_scheduler, optimizer, num_warmup_steps=cfg.optimizer.lr_warmup_steps,
                                  num_training_steps=t.max_train_steps)  # fmt: skip
     start = 0
     if resume:
         start = checkpoints.restore(run_dir, network, components, optimizer, lr_scheduler, cfg, log,
-                                    scaler=accelerator.scaler, ema=ema)  # fmt: skip
+                                    scaler=accelerator.scaler, ema=ema, processes=world)  # fmt: skip
     start_training(optimizer)  # schedule-free: weights to y (a saved state holds the average x)
     optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)  # fp16: steps skipped on overflow
     for _, model in components.models():  # dropout and checkpointing on where something trains
@@ -175,10 +201,13 @@ def objective_of(t) -> Objective:
 
 
 def _images(cfg: TrainConfig, buckets: Buckets, log) -> list[TrainImage]:
+    from sdxl_probe.train.lora.masks import MaskSettings
+
     d = cfg.dataset
     settings = {f.name: getattr(d, f.name) for f in dataclasses.fields(CaptionOptions)}
+    masks = MaskSettings(d.masked_loss, d.alpha_mask, d.conditioning_data_dir)
     return read_images(d.path, caption_extension=d.caption_extension, caption_settings=settings, buckets=buckets,
-                       on_bad_image=d.on_bad_image, log=log, reg_path=d.reg_path)  # fmt: skip
+                       on_bad_image=d.on_bad_image, log=log, reg_path=d.reg_path, masks=masks)  # fmt: skip
 
 
 def _latent_cache(cfg: TrainConfig, run_dir: Path, components, images: list[TrainImage], log) -> LatentCache | None:
@@ -210,12 +239,21 @@ def _text_cache(cfg: TrainConfig, run_dir: Path, components, images: list[TrainI
     return cache
 
 
-def _param_groups(cfg: TrainConfig, network: LoraNetwork) -> list[dict]:
-    """One group per trained model; with sd-scripts' block lr weights, one per UNet block (lr x weight)."""
-    from sdxl_probe.train.lora.blocks import block_lr_weights
-
+def _base_lrs(cfg: TrainConfig, network: LoraNetwork) -> dict[str, float]:
+    """The configured learning rate of each trained model."""
     lrs = {"unet": cfg.optimizer.unet_lr, "text_encoder": cfg.optimizer.text_encoder_1_lr,
            "text_encoder_2": cfg.optimizer.text_encoder_2_lr}  # fmt: skip
+    return {name: lrs[name] for name in network.params}
+
+
+def _param_groups(cfg: TrainConfig, network: LoraNetwork, scale: float = 1) -> list[dict]:
+    """One group per trained model; with sd-scripts' block lr weights, one per UNet block (lr x weight).
+
+    ``scale``: the ``[optimizer] scale_lr`` factor (:func:`~sdxl_probe.train.lora.parallel.lr_factor`).
+    """
+    from sdxl_probe.train.lora.blocks import block_lr_weights
+
+    lrs = {name: lr * scale for name, lr in _base_lrs(cfg, network).items()}
     n = cfg.network
     weights = block_lr_weights(n.down_lr_weight, n.mid_lr_weight, n.up_lr_weight)
     groups = []
@@ -234,16 +272,25 @@ def _param_groups(cfg: TrainConfig, network: LoraNetwork) -> list[dict]:
 def train(cfg: TrainConfig, run_dir: Path, *, resume: bool = False, log=print, components=None) -> Path:
     """Train the LoRA; returns the final kohya file. Ctrl-C/SIGTERM save state, then raise TrainingStopped.
 
-    A second process training into the same ``run_dir`` is refused (a lock beside it names the pid).
+    A second run training into the same ``run_dir`` is refused (a lock beside it names the pid). Under
+    ``accelerate launch`` with N processes (:mod:`~sdxl_probe.train.lora.parallel`) the main process
+    alone takes the lock, opens the trackers, prints and writes ``run_dir``; the others train their
+    share of each batch silently.
     """
     from sdxl_probe.outputs import hold_lock
-    from sdxl_probe.train.lora.trackers import open_trackers
+    from sdxl_probe.pipeline.device import resolve_device
+    from sdxl_probe.train.lora.trackers import Trackers, open_trackers
 
     _check_optimizer(cfg)  # its package, arguments and device, before any weight loads (trackers: their packages)
+    device = torch.device(resolve_device(cfg.training.device, option="[training] device"))
+    accelerator = make_accelerator(device, cfg.training.mixed_precision)  # joins the launcher's process group
+    kwargs = {"resume": resume, "components": components, "accelerator": accelerator}
+    if not accelerator.is_main_process:
+        return _train(cfg, Path(run_dir), log=lambda _: None, trackers=Trackers({}), **kwargs)
     with hold_lock(Path(run_dir), option="[saving] output_dir"), open_trackers(
         cfg.logging, Path(run_dir), params=resolved_config(cfg), run_name=cfg.saving.output_name, resume=resume
     ) as trackers:
-        return _train(cfg, Path(run_dir), resume=resume, log=log, components=components, trackers=trackers)
+        return _train(cfg, Path(run_dir), log=log, trackers=trackers, **kwargs)
 
 
 def _check_optimizer(cfg: TrainConfig) -> None:
@@ -257,44 +304,56 @@ def _check_optimizer(cfg: TrainConfig) -> None:
                     lrs=tuple(lrs))  # fmt: skip
 
 
-def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, log, components, trackers) -> Path:
+def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, log, components, trackers, accelerator) -> Path:
     """The loop (see the module docstring): setup, then one optimizer step per iteration.
 
-    Validation, samples and saving see a schedule-free optimizer's average weights (``eval_weights``).
+    Validation, samples and saving see a schedule-free optimizer's average weights (``eval_weights``;
+    every process swaps, so their weights stay equal) and run on the main process only (``main``). A
+    stop request (Ctrl-C, SIGTERM) is shared by the processes, which stop after the same step; the
+    others wait for main's save before they leave.
     """
-    run = setup(cfg, run_dir, resume=resume, log=log, components=components)
-    checkpoints.write_run_files(run, fresh=not resume)
-    t = cfg.training
+    run = setup(cfg, run_dir, resume=resume, log=log, components=components, accelerator=accelerator)
+    acc, t = run.accelerator, cfg.training
+    main = acc.is_main_process
+    if main:
+        checkpoints.write_run_files(run, fresh=not resume)
     step, last_saved = run.start_step, run.start_step
-    bar = _progress(cfg, step)
+    bar = _progress(cfg, step) if main else None
     t0 = time.time()
     with graceful_stop() as stop:
         while step < t.max_train_steps:
-            loss_sum, grad_norm, epoch = optimizer_step(run, step, last_saved)
+            loss_sum, grad_norm, _ = optimizer_step(run, step, last_saved)
+            epoch = step_epoch(step, t.gradient_accumulation_steps, acc.num_processes, run.order.per_epoch)
+            loss_sum = mean_over_processes(loss_sum, acc.num_processes, run.device)
             step += 1
             record = {"step": step, "epoch": epoch + 1, "loss": loss_sum, "lr": run.lr_scheduler.get_last_lr()[0],
                       "grad_norm": grad_norm}  # fmt: skip
             if _due(step, cfg.logging.validate_every_n_steps or cfg.saving.save_every_n_steps, t.max_train_steps):
                 with eval_weights(run.optimizer):
-                    record["val_loss"] = validation_loss(run)
-            checkpoints.append_metrics(run.run_dir, record)
+                    record["val_loss"] = validation_loss(run) if main else None
+            if main:
+                checkpoints.append_metrics(run.run_dir, record)
             trackers.log_metrics(record)
             _show(bar, log, record, step, t.max_train_steps, cfg.logging.log_every_n_steps, t0, run.start_step)
             if _due(step, cfg.sampling.every_n_steps, t.max_train_steps) and cfg.sampling.prompts:
                 with eval_weights(run.optimizer):
-                    trackers.log_images(checkpoints.write_samples(run, step), step)
-            if stop.requested or _due(step, cfg.saving.save_every_n_steps, t.max_train_steps):
+                    trackers.log_images(checkpoints.write_samples(run, step) if main else [], step)
+            stopping = any_process(stop.requested, acc.num_processes, run.device)
+            if stopping or _due(step, cfg.saving.save_every_n_steps, t.max_train_steps):
                 with eval_weights(run.optimizer):
-                    checkpoints.save(run, step, epoch + 1)
+                    if main:
+                        checkpoints.save(run, step, epoch + 1)
                 last_saved = step
-            if stop.requested and step < t.max_train_steps:
+            if stopping and step < t.max_train_steps:
+                acc.wait_for_everyone()  # the others leave once main has saved
                 raise TrainingStopped(f"stopped at step {step}; state saved in {run.run_dir}; continue with "
                                       f"`sdxl-probe train CONFIG --resume {run.run_dir}`")  # fmt: skip
     if bar is not None:
         bar.close()
     with eval_weights(run.optimizer):
-        out = checkpoints.finish(run, step)
+        out = checkpoints.finish(run, step) if main else checkpoints.final_path(run.run_dir, cfg.saving.output_name)
     trackers.log_files([out, checkpoints.ema_path(run.run_dir, cfg.saving.output_name)])
+    acc.wait_for_everyone()  # every process returns once the final files exist
     return out
 
 
@@ -310,10 +369,14 @@ class MicroBatch:
     noise: torch.Tensor  # (B, C, h, w) the loss's noise (offset and pyramid applied)
     input_noise: torch.Tensor  # (B, C, h, w) the noise added to x0: ``noise``, perturbed with ip_noise_gamma
     timesteps: torch.Tensor  # (B,)
+    mask: torch.Tensor | None = None  # (B, H, W) loss masks at pixel size; None: no image of the batch has one
 
 
 def draw_micro_batch(run: Run, m: int) -> MicroBatch:
-    """Global micro-step ``m``'s images, flips, latents, noise and timesteps, from generators keyed by (seed, m)."""
+    """Draw key ``m``'s images, flips, latents, noise and timesteps, from generators keyed by (seed, m).
+
+    ``m`` is the global micro-step in one process, :func:`~sdxl_probe.train.lora.parallel.draw_key` with several.
+    """
     t = run.cfg.training
     rng, gen = step_rng(t.seed, "lora", m)
     torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))  # LoRA dropout
@@ -325,8 +388,10 @@ def draw_micro_batch(run: Run, m: int) -> MicroBatch:
     noise = pyramid_noise(noise, t.multires_noise_iterations, t.multires_noise_discount, gen)
     timesteps = torch.randint(t.min_timestep, t.max_timestep, (len(idx),), generator=gen)
     input_noise = perturbed_noise(noise, t.ip_noise_gamma, t.ip_noise_gamma_random_strength, gen)
+    mask = batch_masks(run, idx, flips)  # (B, H, W) or None; read from the files, never cached
     dev = run.device
-    return MicroBatch(epoch, idx, flips, rng, x0.to(dev), noise.to(dev), input_noise.to(dev), timesteps.to(dev))
+    return MicroBatch(epoch, idx, flips, rng, x0.to(dev), noise.to(dev), input_noise.to(dev), timesteps.to(dev),
+                      None if mask is None else mask.to(dev))  # fmt: skip
 
 
 def optimizer_step(run: Run, step: int, last_saved: int) -> tuple[float, float | None, int]:
@@ -334,7 +399,9 @@ def optimizer_step(run: Run, step: int, last_saved: int) -> tuple[float, float |
 
     accelerate's autocast runs the forward in ``[training] mixed_precision``; its ``backward`` scales
     the loss for fp16 (GradScaler), its ``clip_grad_norm_`` unscales first, and the prepared
-    optimizer skips a step whose fp16 gradients overflowed. The LoRA weights stay fp32.
+    optimizer skips a step whose fp16 gradients overflowed. The LoRA weights stay fp32. Under
+    ``accelerate launch`` each process draws its own micro-batches and the gradients are averaged
+    over the processes before clipping (:mod:`~sdxl_probe.train.lora.parallel`).
 
     Returns:
         (mean loss over the micro-steps, gradient norm before clipping or None, epoch index).
@@ -342,7 +409,7 @@ def optimizer_step(run: Run, step: int, last_saved: int) -> tuple[float, float |
     cfg, acc, accum = run.cfg, run.accelerator, run.cfg.training.gradient_accumulation_steps
     loss_sum = 0.0
     for a in range(accum):
-        m = step * accum + a  # global micro-step: the key of every random draw
+        m = draw_key(step * accum + a, acc.process_index, acc.num_processes)  # the key of every random draw
         b = draw_micro_batch(run, m)
         xt = add_noise(run.noise_scheduler, b.x0, b.input_noise, b.timesteps)
         with acc.autocast():
@@ -351,18 +418,21 @@ def optimizer_step(run: Run, step: int, last_saved: int) -> tuple[float, float |
             pred = predict_noise(run.components.unet, xt, b.timesteps, context=context, pooled=pooled,
                                  tids=tids).float()  # fmt: skip
         weights = torch.tensor(run.order.loss_weights(b.idx), device=run.device)  # (B,) prior_loss_weight on reg
-        loss = diffusion_loss(pred, b.x0, b.noise, b.timesteps, run.noise_scheduler, run.objective, weights)
+        loss = diffusion_loss(pred, b.x0, b.noise, b.timesteps, run.noise_scheduler, run.objective, weights, b.mask)
         if cfg.training.lora_weight_l1 or cfg.training.lora_weight_l2:
             loss = loss + weight_penalty(run.network.all_params(), cfg.training.lora_weight_l1,
                                          cfg.training.lora_weight_l2)  # fmt: skip
-        if not torch.isfinite(loss):
+        if any_process(not bool(torch.isfinite(loss)), acc.num_processes, run.device):  # every process stops
             raise TrainingDiverged(checkpoints.divergence_message(run, step, m, loss, b.timesteps, last_saved))
-        acc.backward(loss / accum)
+        if loss.requires_grad:  # module_dropout can skip every adapter of a micro-step: no gradient from it
+            acc.backward(loss / accum)
         loss_sum += loss.item() / accum
+    average_gradients(run.network.all_params(), acc.num_processes)  # several processes: their mean, before clipping
     grad_norm = None
     if cfg.optimizer.max_grad_norm > 0:
         grad_norm = float(acc.clip_grad_norm_(run.network.all_params(), cfg.optimizer.max_grad_norm))
-    run.optimizer.step()
+    if any(p.grad is not None for p in run.network.all_params()):  # module_dropout may have dropped every adapter
+        run.optimizer.step()  # (fp16's GradScaler refuses a step that recorded no gradient)
     if run.ema is not None:
         run.ema.step(run.network.all_params())
     run.lr_scheduler.step()

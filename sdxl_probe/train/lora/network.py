@@ -14,7 +14,10 @@ peft's LoRA is sd-scripts' LoRA: ``W + alpha/r * up @ down``, down initialised k
 (``LoRAModule.forward``): on the rank-r hidden ``down(x)``, in training mode only, so the branch
 is ``up(dropout(down(x))) * alpha / r``. peft's ``lora_dropout`` would drop the input ``x`` instead, so
 peft gets 0 and a forward hook on each ``lora_A`` drops its output (:class:`HiddenDropout`); the
-weights and their names, hence the export and the resumable state, are unchanged.
+weights and their names, hence the export and the resumable state, are unchanged. sd-scripts'
+``network_args`` ``rank_dropout`` (a per-sample, per-rank mask on the same hidden, LoRA only) and
+``module_dropout`` (the layer's whole adapter branch skipped, any type) are hooks too
+(:class:`RankDropout`, :class:`ModuleDropout`), drawing in sd-scripts' order.
 
 Types (``[network] type``): LoRA, with peft's ``use_rslora`` (scale ``alpha / sqrt(r)``, Kalajdzievski
 2023) or ``use_dora`` (Liu et al. 2024); LoHa and LoKr through peft's ports of LyCORIS
@@ -83,12 +86,88 @@ class HiddenDropout:
         return torch.nn.functional.dropout(output, p=self.p, training=module.training)
 
 
+class RankDropout:
+    """Forward hook on a LoRA down projection, after :class:`HiddenDropout`: sd-scripts' ``rank_dropout``.
+
+    sd-scripts ``networks/lora.py`` ``LoRAModule.forward``: ``mask = torch.rand((B, r)) > p`` per sample
+    and rank, broadcast over the tokens of ``(B, L, r)`` or the pixels of ``(B, r, H, W)``, and the
+    branch scaled by ``1 / (1 - p)`` (sd-scripts folds it into ``scale``; here it multiplies the hidden,
+    the same up to rounding since ``up`` is linear). Global torch RNG; off in eval mode.
+    """
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, module: torch.nn.Module, args, lx: torch.Tensor) -> torch.Tensor:
+        if not module.training:
+            return lx
+        rank = lx.size(1) if lx.dim() == 4 else lx.size(-1)
+        mask = torch.rand((lx.size(0), rank), device=lx.device) > self.p  # (B, r)
+        if lx.dim() == 3:
+            mask = mask.unsqueeze(1)  # (B, 1, r): the same ranks for every token of a sample
+        elif lx.dim() == 4:
+            mask = mask[..., None, None]  # (B, r, 1, 1)
+        return lx * mask * (1.0 / (1.0 - self.p))
+
+
+class ModuleDropout:
+    """Pre- and post-forward hooks on a peft layer: sd-scripts' ``module_dropout``.
+
+    sd-scripts ``LoRAModule.forward`` (and LyCORIS' modules) return ``org_forward(x)`` when
+    ``torch.rand(1) < p`` in training. Here the pre-hook draws the same number before the branch (so
+    network and rank dropout draw nothing for a skipped layer, as in sd-scripts) and sets peft's
+    ``_disable_adapters`` for this one call, so the layer returns ``base_layer(x)``: exact for LoRA,
+    DoRA (its magnitude is skipped too), LoHa and LoKr. peft's ``enable_adapters`` is not used: it would
+    also flip ``requires_grad``. The post-hook (``always_call``) restores the flag. Under gradient
+    checkpointing the recompute replays the draw: torch's checkpoint restores the RNG state.
+    """
+
+    def __init__(self, p: float):
+        self.p = p
+        self.saved: list[bool] = []
+
+    def before(self, layer: torch.nn.Module, args) -> None:
+        skip = layer.training and bool(torch.rand(1) < self.p)
+        self.saved.append(layer._disable_adapters)
+        if skip:
+            layer._disable_adapters = True
+
+    def after(self, layer: torch.nn.Module, args, output: torch.Tensor) -> None:
+        layer._disable_adapters = self.saved.pop()
+
+
+def add_dropout_hooks(model: torch.nn.Module, *, dropout: float, rank_dropout: float,
+                      module_dropout: float) -> None:  # fmt: skip
+    """Hook sd-scripts' three dropouts onto the peft layers of ``model`` (a rate of 0 adds no hook).
+
+    The draws follow ``LoRAModule.forward``: module dropout before the branch, then network dropout and
+    rank dropout on the down projection's output (hooks run in the order they are registered).
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if not isinstance(module, BaseTunerLayer):
+            continue
+        if module_dropout > 0:
+            hook = ModuleDropout(module_dropout)
+            module.register_forward_pre_hook(hook.before)
+            module.register_forward_hook(hook.after, always_call=True)
+        lora_a = getattr(module, "lora_A", None)
+        if isinstance(lora_a, torch.nn.ModuleDict) and ADAPTER in lora_a:
+            if dropout > 0:
+                lora_a[ADAPTER].register_forward_hook(HiddenDropout(dropout))
+            if rank_dropout > 0:
+                lora_a[ADAPTER].register_forward_hook(RankDropout(rank_dropout))
+
+
 def inject_lora(model: torch.nn.Module, targets: list[str], *, dim: int, alpha: float, dropout: float,
-                conv_targets: list[str] = (), conv_dim: int = 4, conv_alpha: float = 1.0) -> list[torch.nn.Parameter]:  # fmt: skip
-    """Freeze ``model``, add LoRA layers on ``targets`` (and ``conv_targets`` at their own rank); returns
-    the new trainable parameters in module order."""
+                conv_targets: list[str] = (), conv_dim: int = 4, conv_alpha: float = 1.0, rank_dropout: float = 0.0,
+                module_dropout: float = 0.0, kind: NetworkKind | None = None) -> list[torch.nn.Parameter]:  # fmt: skip
+    """Freeze ``model``, add LoRA layers (or ``kind``) on ``targets`` (and ``conv_targets`` at their own
+    rank); returns the new trainable parameters in module order."""
     ranks = {n: (dim, alpha) for n in targets} | {n: (conv_dim, conv_alpha) for n in conv_targets}
-    return inject_adapter(model, ranks, kind=NetworkKind(), dropout=dropout)
+    return inject_adapter(model, ranks, kind=kind or NetworkKind(), dropout=dropout, rank_dropout=rank_dropout,
+                          module_dropout=module_dropout)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -120,21 +199,18 @@ def adapter_config(kind: NetworkKind, ranks: dict[str, tuple[int, float]]):
                       decompose_factor=kind.factor, **common)  # fmt: skip
 
 
-def inject_adapter(model: torch.nn.Module, ranks: dict[str, tuple[int, float]], *, kind: NetworkKind,
-                   dropout: float) -> list[torch.nn.Parameter]:  # fmt: skip
+def inject_adapter(model: torch.nn.Module, ranks: dict[str, tuple[int, float]], *, kind: NetworkKind, dropout: float,
+                   rank_dropout: float = 0.0, module_dropout: float = 0.0) -> list[torch.nn.Parameter]:  # fmt: skip
     """Freeze ``model``, put ``kind`` on the modules of ``ranks`` (path -> (rank, alpha)); returns the
-    new trainable parameters in module order. Dropout (LoRA only) acts on the rank-r hidden."""
+    new trainable parameters in module order. Dropout and rank dropout (LoRA only) act on the rank-r
+    hidden, module dropout on the whole branch (:func:`add_dropout_hooks`)."""
     from peft import inject_adapter_in_model
 
     model.requires_grad_(False)
     if not ranks:
         return []
     inject_adapter_in_model(adapter_config(kind, ranks), model, adapter_name=ADAPTER)
-    if dropout > 0:
-        for module in model.modules():
-            lora_a = getattr(module, "lora_A", None)
-            if isinstance(lora_a, torch.nn.ModuleDict) and ADAPTER in lora_a:
-                lora_a[ADAPTER].register_forward_hook(HiddenDropout(dropout))
+    add_dropout_hooks(model, dropout=dropout, rank_dropout=rank_dropout, module_dropout=module_dropout)
     params = [p for n, p in model.named_parameters() if is_adapter_param(n)]
     for p in params:
         p.requires_grad_(True)
@@ -171,11 +247,14 @@ Ranks = Callable[[str, bool], tuple[int, float]]  # (kohya name, is 3x3 conv) ->
 
 def build_network(components, *, preset: str, dim: int, alpha: float, dropout: float, conv_dim: int,
                   conv_alpha: float, train_unet: bool, train_te1: bool, train_te2: bool, seed: int,
-                  kind: NetworkKind = NetworkKind(), ranks: Ranks | None = None) -> LoraNetwork:  # fmt: skip
+                  kind: NetworkKind = NetworkKind(), ranks: Ranks | None = None, rank_dropout: float = 0.0,
+                  module_dropout: float = 0.0) -> LoraNetwork:  # fmt: skip
     """Add the network's layers to the chosen models; the base weights are frozen everywhere.
 
     Args:
         kind: LoRA (with rsLoRA / DoRA), LoHa or LoKr.
+        dropout, rank_dropout, module_dropout: sd-scripts' ``network_dropout`` and ``network_args``
+            rates (:func:`add_dropout_hooks`), in training mode only.
         ranks: per-module (rank, alpha) from its kohya name (sd-scripts' block-wise dims,
             :func:`sdxl_probe.train.lora.blocks.module_rank`); None: ``dim``/``alpha`` for Linears and
             1x1 convs, ``conv_dim``/``conv_alpha`` for 3x3 convs.
@@ -202,7 +281,8 @@ def build_network(components, *, preset: str, dim: int, alpha: float, dropout: f
             kohya = kohya_module_names(name, paths, model.config if name == "unet" else None)
             wanted = {p: ranks(k, p in convs) for p, k in zip(paths, kohya, strict=True)}
             kept = {p: ra for p, ra in wanted.items() if ra[0] > 0}
-            params[name] = inject_adapter(model, kept, kind=kind, dropout=dropout)
+            params[name] = inject_adapter(model, kept, kind=kind, dropout=dropout, rank_dropout=rank_dropout,
+                                          module_dropout=module_dropout)  # fmt: skip
             if name == "unet":
                 blocks = _params_by_block(model, {p: block_index(k) for p, k in zip(paths, kohya, strict=True)})
     return LoraNetwork({k: v for k, v in params.items() if v}, blocks)
@@ -231,7 +311,8 @@ def network_from_config(components, n, *, seed: int, log=print) -> LoraNetwork:
     network = build_network(components, preset=n.target, dim=n.dim, alpha=n.alpha, dropout=n.dropout,
                             conv_dim=n.conv_dim, conv_alpha=n.conv_alpha, train_unet=n.train_unet,
                             train_te1=n.train_text_encoder_1, train_te2=n.train_text_encoder_2, seed=seed,
-                            kind=kind, ranks=lambda name, conv: module_rank(name, conv, n))  # fmt: skip
+                            kind=kind, ranks=lambda name, conv: module_rank(name, conv, n),
+                            rank_dropout=n.rank_dropout, module_dropout=n.module_dropout)  # fmt: skip
     if n.network_weights:
         models = {name: getattr(components, name) for name in network.params}
         count = load_network_weights(Path(n.network_weights), models, components.unet.config)

@@ -192,22 +192,28 @@ class Objective:
 
 
 def diffusion_loss(pred: torch.Tensor, x0: torch.Tensor | None, noise: torch.Tensor, timesteps: torch.Tensor,
-                   noise_scheduler, objective: Objective, weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+                   noise_scheduler, objective: Objective, weights: torch.Tensor | None = None,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """The batch loss, in sd-scripts' order (``NetworkTrainer.process_batch``, then ``post_process_loss``).
 
-    Element-wise loss against the target, mean over (C, h, w), times ``weights`` (B,) (sd-scripts'
-    ``loss_weights``: prior_loss_weight on regularization images), times the SNR weights, then the
-    batch mean.
+    Element-wise loss against the target, times the area-resized ``mask`` (:func:`masked`, sd-scripts'
+    ``apply_masked_loss``: no renormalisation by the mask's mean), mean over (C, h, w), times ``weights``
+    (B,) (sd-scripts' ``loss_weights``: prior_loss_weight on regularization images), times the SNR
+    weights, then the batch mean.
 
     Args:
         pred: (B, C, h, w) UNet output; x0: clean latents (only read for v); noise: the added noise.
+        mask: (B, H, W) loss masks in [0, 1] at pixel size, or None (masked loss off).
     """
     o = objective
     target = target_for(o.prediction_type, noise_scheduler, x0, noise, timesteps)
     huber_c = None
     if o.loss_type in ("huber", "smooth_l1"):
         huber_c = huber_threshold(o.huber_schedule, o.huber_c, o.huber_scale, timesteps, noise_scheduler)
-    per_sample = elementwise_loss(pred, target, o.loss_type, huber_c).mean(dim=(1, 2, 3))  # (B,)
+    loss = elementwise_loss(pred, target, o.loss_type, huber_c)  # (B, C, h, w)
+    if mask is not None:
+        loss = masked(loss, mask)
+    per_sample = loss.mean(dim=(1, 2, 3))  # (B,)
     if weights is not None:
         per_sample = per_sample * weights
     if o.min_snr_gamma > 0 or o.debiased or o.scale_v_like_noise:

@@ -25,19 +25,37 @@ def make_accelerator(device: torch.device, mixed_precision: str):
 
     It places nothing (``device_placement=False``: the trainer moved the models) and draws no
     randomness (every draw comes from the (seed, micro-step) generators), so CPU resume stays
-    bit-exact. A multi-GPU run (``accelerate launch``) will only have to ``prepare`` the models too.
-    In a single process the shared accelerate state is reset first, so one process can train runs
-    of different precisions one after another (tests, studies).
+    bit-exact. In a single process the shared accelerate state is reset first, so one process can
+    train runs of different precisions one after another (tests, studies); under ``accelerate
+    launch`` with N processes the launcher's process group is kept (gloo on the CPU, NCCL on GPUs;
+    :mod:`~sdxl_probe.train.lora.parallel`). ``split_batches=True``: the prepared LR scheduler steps once
+    per optimizer step; accelerate's default steps it N times, as if each process's dataloader
+    batch were N times smaller than the global one, which is not how the trainer splits data.
     """
+    from sdxl_probe.train.lora.parallel import check_launch
+
+    check_launch()
     if mixed_precision == "fp16" and device.type == "cpu":
         raise ConfigError('[training] mixed_precision = "fp16" on the CPU: fp16 autocast is about 8x slower than '
                           'fp32 there; use "bf16" or "no", or a CUDA device')  # fmt: skip
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState, PartialState
 
     if not PartialState._shared_state or PartialState().num_processes == 1:
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu", device_placement=False)
+    return Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu", device_placement=False,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))  # fmt: skip
+
+
+def process_device(accelerator, device: torch.device) -> torch.device:
+    """The training device of this process: ``device``, or with several processes on CUDA, the launcher's GPU.
+
+    ``accelerate launch --multi_gpu`` gives process ``r`` the GPU ``LOCAL_RANK``; a configured index
+    (``cuda:1``) would put every process on one GPU, so it is replaced by that one.
+    """
+    if accelerator.num_processes > 1 and device.type == "cuda":
+        return accelerator.device
+    return device
 
 
 def enable_checkpointing(components, network) -> None:
