@@ -8,6 +8,7 @@ imported inside the command functions, so ``sdxl-probe --help`` and ``tokens`` s
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
@@ -37,7 +38,8 @@ class ProbeApp(typer.Typer):
         try:
             return super().__call__(*args, **kwargs)
         except ProbeError as e:
-            typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+            if not (getattr(e, "every_process", False) and os.environ.get("RANK", "0") != "0"):
+                typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)  # once, not once per launched process
             sys.exit(2)
         except KeyboardInterrupt:
             typer.secho("interrupted", err=True)

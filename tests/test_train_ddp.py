@@ -206,3 +206,26 @@ def test_resume_on_another_process_count_warns(tiny_components, ds, tmp_path):
     lines: list[str] = []
     setup(cfg, tmp_path / "run", resume=True, components=copy.deepcopy(tiny_components), log=lines.append)
     assert sum("was trained on 2 process(es), resumed on 1" in s for s in lines) == 1
+
+
+def test_a_stop_every_process_raises_is_printed_by_rank_0_only(monkeypatch, capsys):
+    """Oracle: torchrun's RANK; a stop or divergence (raised by every process) prints once, other errors on each."""
+    from sdxl_probe.cli import ProbeApp
+    from sdxl_probe.train.state import TrainingStopped
+
+    def app_raising(error: type) -> ProbeApp:
+        app = ProbeApp(pretty_exceptions_enable=False)
+
+        @app.command()
+        def go() -> None:
+            raise error("stopped at step 3")
+
+        return app
+
+    for error, rank, printed in [(TrainingStopped, "0", True), (TrainingStopped, "1", False), (ConfigError, "1", True)]:
+        app = app_raising(error)
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as e:
+            app(args=[], prog_name="sdxl-probe")
+        assert e.value.code == 2
+        assert ("error: stopped at step 3" in capsys.readouterr().err) == printed, (error, rank)

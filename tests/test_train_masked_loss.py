@@ -318,6 +318,20 @@ def test_missing_mask_is_one_line_naming_the_image_and_the_expected_path(tmp_pat
     assert f"{tmp_path / 'm' / '1'}.{{png," in msg
 
 
+def test_mask_named_like_no_image_is_one_line_naming_the_file(tmp_path):
+    """Oracle: sd-scripts' ``ControlNetDataset`` refuses extra conditioning images; the same folder without the
+    stray file reads."""
+    root = kohya_folder(tmp_path / "ds", [(32, 32)])
+    (tmp_path / "m").mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "m" / "0.png")
+    assert read(root, MaskSettings(True, False, str(tmp_path / "m")))[0].mask_file == tmp_path / "m" / "0.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "m" / "0 copy.png")
+    with pytest.raises(DatasetError) as e:
+        read(root, MaskSettings(True, False, str(tmp_path / "m")))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{tmp_path / 'm' / '0 copy.png'}: loss mask named like no training image")
+
+
 @pytest.mark.parametrize("settings, words", [
     (MaskSettings(masked_loss=True), ["masked_loss = true but no image has a mask", "conditioning_data_dir",
                                       "alpha_mask = true"]),

@@ -266,3 +266,24 @@ def test_timestep_range_bounds_the_drawn_timesteps(tiny_components, toy_ds, tmp_
     default = torch.cat([loop.draw_micro_batch(plain, m).timesteps for m in range(8)])
     assert int(drawn.min()) >= 900 and int(drawn.max()) < 950
     assert ((default < 900) | (default >= 950)).any()
+
+
+def test_offset_strength_options_scale_the_offset_the_step_draws(tiny_components, toy_ds, tmp_path):
+    """Oracle: sd-scripts ``apply_noise_offset``. Each run draws the same base noise and the same offset direction
+    r ~ N(0, 1)^(B, C, 1, 1), so against the offset-free noise n0 and the plain offset o's noise n1 = n0 + o r:
+    adaptive gives n0 + (o + s |mean_hw(x0)|) r; random strength draws u first, so its offset is u o r' (a
+    constant per channel, not o r; the formula itself: ``test_offset_noise_transcribes_apply_noise_offset``)."""
+    from sdxl_probe.train.lora import loop
+
+    def noise(name, training):
+        return loop.draw_micro_batch(_run(tiny_components, toy_ds, tmp_path / name, training), 0)
+
+    b0, b1 = noise("none", {}), noise("offset", {"noise_offset": 0.1})
+    r = (b1.noise - b0.noise) / 0.1  # (B, C, h, w), constant over h, w
+    assert torch.allclose(r, r[..., :1, :1].expand_as(r), atol=1e-5) and r.abs().max() > 0.1
+    b2 = noise("adaptive", {"noise_offset": 0.1, "adaptive_noise_scale": 0.05})
+    strength = 0.1 + 0.05 * b2.x0.mean(dim=(2, 3), keepdim=True).abs()
+    torch.testing.assert_close(b2.noise, b0.noise + strength * r, atol=1e-5, rtol=1e-5)
+    b3 = noise("random", {"noise_offset": 0.1, "noise_offset_random_strength": True})
+    d3 = b3.noise - b0.noise  # u o r', r' drawn after u (sd-scripts' order), so not r: constant over h, w
+    assert torch.allclose(d3, d3[..., :1, :1].expand_as(d3), atol=1e-5) and not torch.allclose(d3, 0.1 * r, atol=1e-3)

@@ -1,8 +1,11 @@
-"""``[logging] backends``: a toy run logged to a local MLflow store reads back as metrics.jsonl says.
+"""``[logging] backends``: toy runs logged to a local MLflow store and an offline wandb run read back as
+metrics.jsonl says.
 
 Oracles: ``metrics.jsonl`` (the run's own record) against MLflow's own client
-(``MlflowClient.get_metric_history``, ``get_run``, ``list_artifacts``); the one-line message of
-a missing tracker package.
+(``MlflowClient.get_metric_history``, ``get_run``, ``list_artifacts``) and against the records of the
+offline ``run-*.wandb`` file, read with an independent reader of its framing (wandb's
+``sdk/internal/datastore.py`` before 0.19: LevelDB log records in 32 KiB blocks after a 7-byte
+``:W&B`` header) and wandb's own protobuf ``Record``; the one-line message of a missing tracker package.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -58,6 +62,53 @@ def test_mlflow_store_holds_the_runs_metrics_params_samples_and_lora(tiny_compon
     assert run.data.params["optimizer.type"] == "AdamW" and run.data.params["training.max_train_steps"] == "3"
     assert [a.path for a in client.list_artifacts(run_id, "lora")] == ["lora/r.safetensors"]
     assert [a.path for a in client.list_artifacts(run_id, "samples/step-00000003")] == ["samples/step-00000003/000.png"]
+
+
+def wandb_records(path: Path) -> list:
+    """Every protobuf ``Record`` of an offline wandb run file (see the module docstring for the framing)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos, buf, out = path.read_bytes(), 32768, 7, b"", []
+    assert data[:4] == b":W&B", path
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        crc, n, kind = struct.unpack("<IHB", data[pos : pos + 7]) if left >= 7 else (0, 0, 0)
+        if kind == 0:  # a block's zero padding
+            pos += left
+            continue
+        chunk, pos = data[pos + 7 : pos + 7 + n], pos + 7 + n
+        buf = chunk if kind in (1, 2) else buf + chunk  # FULL, FIRST | MIDDLE, LAST
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(buf)
+            out.append(record)
+    return out
+
+
+@pytest.mark.slow
+def test_offline_wandb_run_holds_the_runs_metrics_samples_and_lora(tiny_components, tmp_path, monkeypatch):
+    """Oracle: metrics.jsonl against the history records of RUN_DIR/wandb/offline-run-*/run-*.wandb."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = config(tmp_path, backends=["wandb"], wandb_project="toy")
+    train(cfg, tmp_path / "run", components=copy.deepcopy(tiny_components), log=lambda s: None)
+    records = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    run_id = json.loads((tmp_path / "run" / "trackers.json").read_text())["wandb"]
+    (path,) = (tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    got = wandb_records(path)
+    (run,) = [r.run for r in got if r.WhichOneof("record_type") == "run"]
+    assert (run.run_id, run.display_name, run.project) == (run_id, "r", "toy")
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+               for r in got if r.WhichOneof("record_type") == "history"]  # fmt: skip
+    for key in ("loss", "lr", "grad_norm", "val_loss"):
+        expected = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        assert [(h["_step"], h[key]) for h in history if key in h] == expected and expected, key
+    assert [(h["_step"], h["samples/count"]) for h in history if "samples/count" in h] == [(3, 1)]
+    assert list(path.parent.glob("files/media/images/samples_3_*.png"))
+    (artifact,) = [r.artifact for r in got if r.WhichOneof("record_type") == "artifact"]
+    assert [m.path for m in artifact.manifest.contents] == ["r.safetensors"]
+    assert [r.exit.exit_code for r in got if r.WhichOneof("record_type") == "exit"] == [0]
 
 
 @pytest.mark.parametrize("backend,extra", [("wandb", "sdxl-probe[wandb]"), ("mlflow", "sdxl-probe[mlflow]")])

@@ -48,6 +48,8 @@ def graceful_stop() -> Iterator[StopFlag]:
 class TrainingStopped(ProbeError):
     """Training was interrupted; the state was saved and ``--resume`` continues it."""
 
+    every_process = True  # data parallel: each process raises it at the same step; rank 0 alone prints it
+
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """Any optimizer's ``state_dict``: tensors to the body; scalars (Prodigy's int ``step``) and groups to JSON."""

@@ -42,6 +42,7 @@ from sdxl_probe.train.lora.masks import (
     MaskSettings,
     check_mask_folders,
     check_mask_size,
+    check_no_extra_masks,
     check_some_mask,
     find_mask,
     mask_dirs,
@@ -216,7 +217,7 @@ def read_images(
         DatasetError: missing dataset or image folder, a caption file that is not UTF-8, an
             undecodable image (unless ``on_bad_image = "skip"``: then it is named and skipped), a
             subset left without a usable image, or no training image at all (see :func:`_check_subsets`);
-            a missing, undecodable or wrongly sized loss mask (:mod:`~sdxl_probe.train.lora.masks`).
+            a missing, undecodable, wrongly sized or unmatched loss mask (:mod:`~sdxl_probe.train.lora.masks`).
         ConfigError: ``conditioning_data_dir`` without ``masked_loss``, or ``masked_loss`` and no mask.
     """
     cli = {k: v for k, v in caption_settings.items() if k in CAPTION_OPTION_KEYS}
@@ -231,11 +232,15 @@ def read_images(
         check_mask_folders(masks, ds.subsets)
         dirs = {id(sub): mask_dirs(sub, masks, is_reg_path=n > 0) for sub in ds.subsets}
         tally: dict[int, Counter] = {}
+        stems, folders = set(), set()  # every image's name, every mask folder looked in
         for rec in ds.records():
+            stems.add(Path(rec.image).stem if rec.image else "")
+            folders.update(dirs[id(rec.subset)])
             image = _train_image(rec, caption_settings, buckets, table, on_bad_image, log, tally)
             if image is not None:
                 images.append(_with_mask(image, rec.subset, dirs[id(rec.subset)], masks.alpha_mask))
         _check_subsets(ds, tally, buckets)
+        check_no_extra_masks(folders, stems)
     if images and all(im.is_reg for im in images):
         raise DatasetError(f"{path}: only regularization images (is_reg subsets or reg_path); add a subset of "
                            "training images without is_reg")  # fmt: skip

@@ -95,6 +95,8 @@ from sdxl_probe.train.toy_recipe.data import step_rng
 class TrainingDiverged(ProbeError):
     """The loss became NaN or inf; the last good checkpoint was left as it was."""
 
+    every_process = True  # data parallel: each process raises it at the same step; rank 0 alone prints it
+
 
 @dataclass
 class Run:

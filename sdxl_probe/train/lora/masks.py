@@ -4,8 +4,9 @@ sd-scripts' masked loss (``--masked_loss``, docs ``masked_loss_README``) takes t
 
 - ``conditioning_data_dir``: a folder of mask images named like the training images (same stem, any
   image extension); sd-scripts reads it as an RGB conditioning image and uses its R channel / 255
-  (``ControlNetDataset``, ``apply_masked_loss``). It refuses a mask whose size differs from its image's
-  and an image without a mask, and accepts the key only with ``--masked_loss``;
+  (``ControlNetDataset``, ``apply_masked_loss``). It refuses a mask whose size differs from its image's,
+  an image without a mask and a mask without an image (``ControlNetDataset.__init__``'s missing and
+  extra lists), and accepts the key only with ``--masked_loss``;
 - ``alpha_mask``: the image's alpha channel / 255; an image without alpha gets an all-ones mask
   (``BaseDataset.__getitem__``). sd-scripts masks these images' loss even without ``--masked_loss``
   (``train_network.py``: ``if args.masked_loss or batch["alpha_masks"] is not None``), and so does this trainer.
@@ -77,6 +78,18 @@ def find_mask(image: Path, dirs: list[Path]) -> Path:
     )
     raise DatasetError(f"{image}: no loss mask found (looked for {looked}); add a mask named like the image "
                        f"({image.stem}.png) to conditioning_data_dir, or remove the image")  # fmt: skip
+
+
+def check_no_extra_masks(folders: set[Path], stems: set[str]) -> None:
+    """Refuse mask files (directly in ``folders``) named like no image of the dataset: a misnamed mask would
+    otherwise leave its image unmasked or fail elsewhere (sd-scripts' ``extra_imgs`` check)."""
+    exts = {e.lower() for e in IMAGE_EXTENSIONS}
+    extra = sorted(p for d in folders for p in d.iterdir()
+                   if p.is_file() and p.suffix.lower() in exts and p.stem not in stems)  # fmt: skip
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise DatasetError(f"{extra[0]}: loss mask named like no training image{more}; rename it to its "
+                           "image's name or remove it from conditioning_data_dir")  # fmt: skip
 
 
 def check_mask_size(mask: Path, image: Path, size: tuple[int, int]) -> None:
