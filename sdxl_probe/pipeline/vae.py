@@ -20,7 +20,7 @@ def encode_images(components: Any, images: np.ndarray) -> torch.Tensor:
     import torch
 
     vae = components.vae
-    pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    pixels = torch.from_numpy(np.array(images, dtype=np.float32)).permute(0, 3, 1, 2) / 127.5 - 1  # a writable copy
     pixels = pixels.to(device=vae.device, dtype=vae.dtype)  # (B, 3, H, W) in [-1, 1]
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     with torch.no_grad():
