@@ -41,15 +41,27 @@ def config(tmp_path: Path, **logging) -> TrainConfig:
     })  # fmt: skip
 
 
-@pytest.mark.slow
-def test_mlflow_store_holds_the_runs_metrics_params_samples_and_lora(tiny_components, tmp_path, monkeypatch):
-    """Oracle: metrics.jsonl, read back through MlflowClient from the default store RUN_DIR/mlruns."""
+@pytest.fixture(scope="module")
+def tracked(tiny_components, tmp_path_factory) -> Path:
+    """One 3-step toy run logged to MLflow (default store RUN_DIR/mlruns) and offline wandb at once."""
     pytest.importorskip("mlflow")
+    pytest.importorskip("wandb")
+    tmp_path = tmp_path_factory.mktemp("tracked")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+        mp.delenv("WANDB_MODE", raising=False)
+        mp.setenv("WANDB_SILENT", "true")
+        cfg = config(tmp_path, backends=["mlflow", "wandb"], mlflow_experiment="toy", wandb_project="toy")
+        train(cfg, tmp_path / "run", components=copy.deepcopy(tiny_components), log=lambda s: None)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_mlflow_store_holds_the_runs_metrics_params_samples_and_lora(tracked):
+    """Oracle: metrics.jsonl, read back through MlflowClient from the default store RUN_DIR/mlruns."""
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # restored after the test
-    cfg = config(tmp_path, backends=["mlflow"], mlflow_experiment="toy")
-    train(cfg, tmp_path / "run", components=copy.deepcopy(tiny_components), log=lambda s: None)
+    tmp_path = tracked
     records = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     run_id = json.loads((tmp_path / "run" / "trackers.json").read_text())["mlflow"]
     client = MlflowClient(tracking_uri=(tmp_path / "run" / "mlruns").resolve().as_uri())
@@ -86,13 +98,9 @@ def wandb_records(path: Path) -> list:
 
 
 @pytest.mark.slow
-def test_offline_wandb_run_holds_the_runs_metrics_samples_and_lora(tiny_components, tmp_path, monkeypatch):
+def test_offline_wandb_run_holds_the_runs_metrics_samples_and_lora(tracked):
     """Oracle: metrics.jsonl against the history records of RUN_DIR/wandb/offline-run-*/run-*.wandb."""
-    pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    cfg = config(tmp_path, backends=["wandb"], wandb_project="toy")
-    train(cfg, tmp_path / "run", components=copy.deepcopy(tiny_components), log=lambda s: None)
+    tmp_path = tracked
     records = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     run_id = json.loads((tmp_path / "run" / "trackers.json").read_text())["wandb"]
     (path,) = (tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
