@@ -234,7 +234,8 @@ def read_images(
         tally: dict[int, Counter] = {}
         stems, folders = set(), set()  # every image's name, every mask folder looked in
         for rec in ds.records():
-            stems.add(Path(rec.image).stem if rec.image else "")
+            if rec.image:
+                stems.add(Path(rec.image).stem)
             folders.update(dirs[id(rec.subset)])
             image = _train_image(rec, caption_settings, buckets, table, on_bad_image, log, tally)
             if image is not None:
